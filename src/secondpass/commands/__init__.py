@@ -1,0 +1,1 @@
+"""Sub-commands of the ``secondpass`` CLI; each module defines ``register(subparsers)``."""

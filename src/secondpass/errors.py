@@ -1,0 +1,65 @@
+"""One exception hierarchy for the whole project.
+
+Callers catch ``SecondPassError`` to handle anything we raise; each subclass says
+which layer failed so that a service can map it to the right status code. Every
+raise site chains the original exception (``raise X(...) from exc``) so the cause
+is never lost, but messages never carry secrets or stack traces of their own.
+"""
+
+from __future__ import annotations
+
+
+class SecondPassError(Exception):
+    """Base class of every error SecondPass raises on purpose."""
+
+
+class ConfigurationError(SecondPassError, ValueError):
+    """A setting or argument is invalid; the message names it and the allowed values."""
+
+
+class MissingDependencyError(SecondPassError, ImportError):
+    """An optional dependency is absent; the message names the pip extra that provides it."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{package} is required for this feature: pip install 'secondpass[{extra}]'"
+        )
+
+
+class ConnectorError(SecondPassError):
+    """A search engine call failed."""
+
+
+class BackendUnavailableError(ConnectorError):
+    """The engine could not be reached (or kept failing) within the deadline."""
+
+
+class QueryError(ConnectorError):
+    """The engine rejected the request (bad query, missing index, ...); not retried."""
+
+    def __init__(self, message: str, *, status: int | None = None, reason: str | None = None) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(message)
+
+
+class InvalidIndexNameError(QueryError, ConfigurationError):
+    """An index name is a pattern or contains characters that could widen the request."""
+
+
+class RerankError(SecondPassError):
+    """Scoring failed (model could not load, forward pass failed, ...)."""
+
+
+class ModelLoadError(RerankError):
+    """The model could not be loaded, or loading it would need an unsafe opt-in."""
+
+
+class CacheError(SecondPassError):
+    """The score cache failed. Never raised out of the pipeline: a cache fault is a miss."""
+
+
+class ServerStartError(SecondPassError):
+    """A local engine or Redis process did not start; carries the tail of its log."""
