@@ -64,6 +64,14 @@ class SearchRequest:
     knn: KnnQuery | None = None
 
 
+EMPTY_PASSAGE_RAW_SCORE = -1.0e6
+"""Raw score given to an empty or whitespace-only passage without calling the model.
+
+Finite (so JSON and metrics stay valid) and far below any real logit, so such a
+passage always ranks last among reranked hits; its normalised score is 0.0.
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class PassageScore:
     """The model's verdict on one passage, plus what was done to the text to fit it.
