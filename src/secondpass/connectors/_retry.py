@@ -1,0 +1,207 @@
+"""The single retry policy for every engine call.
+
+The official clients retry on their own by default; stacking another layer on
+top multiplies attempts (4 x 4 = 16 requests to an overloaded cluster). So the
+connectors build their clients with ``max_retries=0`` and ``retry_on_timeout=False``
+and every call goes through :class:`RetryPolicy` instead: a named retryable set
+(connection errors, timeouts, HTTP 429/502/503/504), jittered exponential
+backoff, an overall deadline that also caps each attempt's timeout, a log line
+before each sleep and a typed error when it gives up.
+
+Client exceptions are translated to our own types at the attempt boundary (by a
+``translate`` function each engine supplies), so what is retried is decided here
+once, by type: :class:`BackendUnavailableError` is retried, :class:`QueryError`
+is not.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_random_exponential,
+)
+
+from secondpass.errors import BackendUnavailableError, ConnectorError, QueryError
+
+logger = logging.getLogger("secondpass.connectors")
+
+T = TypeVar("T")
+
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+"""HTTP statuses that mean "try again later" rather than "your request is wrong"."""
+
+Translate = Callable[[BaseException, str], "ConnectorError | None"]
+"""Maps a client exception (and the operation's description) to our type, or ``None``."""
+
+# Substrings of client error texts -> a fixed description. Messages are built
+# from this vocabulary only, never from the client's text, which can carry URLs.
+_TRANSPORT_CAUSES = (
+    ("refused", "connection refused"),
+    ("reset", "connection reset"),
+    ("timed out", "timed out"),
+    ("timeout", "timed out"),
+    ("certificate", "TLS certificate verification failed"),
+    ("ssl", "TLS error"),
+    ("name or service not known", "host name not found"),
+    ("nodename nor servname", "host name not found"),
+    ("temporary failure in name resolution", "host name not found"),
+    ("remotedisconnected", "connection closed by the server"),
+    ("connection aborted", "connection closed by the server"),
+    ("server disconnected", "connection closed by the server"),
+    ("protocol", "malformed response"),
+)
+
+
+def describe_transport_failure(exc: BaseException) -> str:
+    """Summarise why a request never got an HTTP answer, without echoing the error text."""
+    seen: set[int] = set()
+    texts: list[str] = []
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        texts.append(f"{type(current).__name__} {current}".lower())
+        current = current.__cause__ or current.__context__
+    blob = " ".join(texts)
+    for needle, description in _TRANSPORT_CAUSES:
+        if needle in blob:
+            return description
+    return "connection failed"
+
+
+def engine_reason(body: Any) -> str:
+    """The engine's own explanation from an error body (``type: reason``)."""
+    if isinstance(body, Mapping):
+        error = body.get("error", body)
+        if isinstance(error, Mapping):
+            causes = error.get("root_cause")
+            cause = causes[0] if isinstance(causes, list) and causes else error
+            if isinstance(cause, Mapping) and (cause.get("type") or cause.get("reason")):
+                kind, reason = cause.get("type"), cause.get("reason")
+                return f"{kind}: {reason}" if kind and reason else str(kind or reason)
+        if isinstance(error, str):
+            return error
+    if isinstance(body, str) and body.strip():
+        return body.strip()[:500]
+    return "no reason given"
+
+
+def error_for_status(status: int, body: Any, *, what: str) -> ConnectorError:
+    """Map an HTTP error answer to our types: retryable statuses mean unavailable."""
+    reason = engine_reason(body)
+    if status in RETRYABLE_STATUSES:
+        return BackendUnavailableError(f"{what}: HTTP {status} ({reason})")
+    return QueryError(f"{what} failed: HTTP {status}: {reason}", status=status, reason=reason)
+
+
+def unavailable(exc: BaseException, *, what: str) -> BackendUnavailableError:
+    """A transport-level failure (no HTTP answer) as a retryable error."""
+    return BackendUnavailableError(f"{what}: {describe_transport_failure(exc)}")
+
+
+def _raise_translated(exc: Exception, translate: Translate, what: str) -> NoReturn:
+    """Re-raise a failed attempt's exception as one of ours when the engine module knows it."""
+    if isinstance(exc, ConnectorError):
+        raise exc
+    mapped = translate(exc, what)
+    if mapped is None:
+        raise exc
+    raise mapped from exc
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Attempts, backoff and deadline for one engine call.
+
+    ``deadline_s`` bounds the whole call: no sleep is started that would end past
+    it, and each attempt's timeout is the smaller of ``request_timeout_s`` and
+    the time left. Backoff is "full jitter": a uniform draw between 0 and
+    ``initial_backoff_s * 2**n`` capped at ``max_backoff_s``, so clients that
+    failed together do not retry together.
+
+    Example:
+        >>> RetryPolicy(max_attempts=3, deadline_s=5.0).max_attempts
+        3
+    """
+
+    max_attempts: int = 4
+    deadline_s: float = 30.0
+    request_timeout_s: float = 10.0
+    initial_backoff_s: float = 0.2
+    max_backoff_s: float = 2.0
+
+    def _kwargs(self, what: str) -> dict[str, Any]:
+        return {
+            "stop": stop_after_attempt(self.max_attempts) | stop_before_delay(self.deadline_s),
+            "wait": wait_random_exponential(multiplier=self.initial_backoff_s, max=self.max_backoff_s),
+            "retry": retry_if_exception_type(BackendUnavailableError),
+            "before_sleep": self._before_sleep(what),
+            "reraise": False,
+        }
+
+    def _before_sleep(self, what: str) -> Callable[[RetryCallState], None]:
+        def log(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            pause = state.next_action.sleep if state.next_action else 0.0
+            logger.warning(
+                "%s (attempt %d of %d); retrying in %.2f s",
+                exc, state.attempt_number, self.max_attempts, pause,
+            )
+
+        return log
+
+    def attempt_timeout(self, started: float) -> float:
+        """Seconds the next attempt may take: the request timeout, capped by the deadline."""
+        left = self.deadline_s - (time.monotonic() - started)
+        return max(0.001, min(self.request_timeout_s, left))
+
+    def _gave_up(self, error: RetryError, what: str, started: float) -> BackendUnavailableError:
+        last = error.last_attempt
+        cause = last.exception()
+        return BackendUnavailableError(
+            f"{what}: gave up after {last.attempt_number} attempt(s) in "
+            f"{time.monotonic() - started:.2f} s: {cause}"
+        )
+
+    def call(self, attempt: Callable[[float], T], *, what: str, translate: Translate) -> T:
+        """Run ``attempt(timeout_s)`` under the policy; raise our typed errors only."""
+        started = time.monotonic()
+
+        def once() -> T:
+            try:
+                return attempt(self.attempt_timeout(started))
+            except Exception as exc:
+                _raise_translated(exc, translate, what)
+
+        try:
+            return Retrying(**self._kwargs(what))(once)
+        except RetryError as exc:
+            raise self._gave_up(exc, what, started) from exc.last_attempt.exception()
+
+    async def acall(
+        self, attempt: Callable[[float], Awaitable[T]], *, what: str, translate: Translate
+    ) -> T:
+        """The asyncio variant of :meth:`call`; sleeps without blocking the loop."""
+        started = time.monotonic()
+
+        async def once() -> T:
+            try:
+                return await attempt(self.attempt_timeout(started))
+            except Exception as exc:
+                _raise_translated(exc, translate, what)
+
+        try:
+            return await AsyncRetrying(**self._kwargs(what))(once)
+        except RetryError as exc:
+            raise self._gave_up(exc, what, started) from exc.last_attempt.exception()

@@ -1,0 +1,551 @@
+"""The cross-encoder scorer: a sentence-transformers ``CrossEncoder`` behind the ``Scorer`` protocol.
+
+Everything that touches torch, transformers or sentence-transformers lives here
+and in :mod:`secondpass.pipeline.batching`, and is imported on first use, so
+``import secondpass.pipeline.scorer`` is cheap and the rest of the pipeline
+never sees a tensor.
+
+Loading is deliberately conservative: weights must be safetensors unless the
+user allows pickle, remote code runs only when the user opts in *and* pins a
+revision, and nothing is loaded before :meth:`CrossEncoderScorer.warm_up` or
+the first call to score.
+
+Example:
+    >>> scorer = CrossEncoderScorer(model="cross-encoder/ms-marco-MiniLM-L-6-v2")
+    >>> scorer.is_loaded  # construction loads nothing
+    False
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from secondpass.config import RerankSettings
+from secondpass.errors import ConfigurationError, MissingDependencyError, ModelLoadError, RerankError
+from secondpass.pipeline.batching import BatchRunner, EncodedPair, PairTokenizer, collate_pairs
+from secondpass.pipeline.passages import PassageTemplate, TokenTruncator, is_blank, plan_windows
+from secondpass.types import EMPTY_PASSAGE_RAW_SCORE, PassageScore
+
+logger = logging.getLogger(__name__)
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _sigmoid(value: float) -> float:
+    if value >= 0:
+        return 1.0 / (1.0 + math.exp(-value))
+    exp = math.exp(value)
+    return exp / (1.0 + exp)
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        raise MissingDependencyError("torch", "rerank") from exc
+    return torch
+
+
+def _short(exc: BaseException) -> str:
+    """First line of an exception message, bounded, for error messages without stack traces."""
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def _hub_offline() -> bool:
+    return any(
+        os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _looks_unreachable(exc: BaseException) -> bool:
+    """True when a load failed because the hub could not be reached (so the cache may serve)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        name = type(current).__name__
+        if name in {"ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "OfflineModeIsEnabled",
+                    "LocalEntryNotFoundError", "ConnectError", "TimeoutException", "MaxRetryError"}:
+            return True
+        if isinstance(current, (ConnectionError, TimeoutError)):
+            return True
+        current = current.__cause__ or current.__context__
+    text = str(exc).lower()
+    return "couldn't connect" in text or "connection" in text or "offline" in text
+
+
+@dataclass(slots=True)
+class _Loaded:
+    """The loaded model and what was learned about it; built once by ``_load``."""
+
+    model: Any  # sentence_transformers.CrossEncoder
+    network: Any  # the transformers model inside it, where forward hooks go
+    tokenizer: PairTokenizer
+    device: Any
+    dtype: Any
+    max_length: int
+
+
+class _LazyTruncator:
+    """A :class:`TokenTruncator` that loads the scorer's tokenizer on first use, not when bound."""
+
+    def __init__(self, scorer: CrossEncoderScorer) -> None:
+        self._scorer = scorer
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        return self._scorer._ensure_loaded().tokenizer.truncate(text, max_tokens)
+
+
+class CrossEncoderScorer:
+    """Scores (query, passage) pairs with a cross-encoder, implementing ``Scorer``.
+
+    Every setting defaults to :class:`~secondpass.config.RerankSettings` (so
+    ``SECONDPASS_RERANK_*`` environment variables apply); keyword arguments
+    override single settings, ``None`` meaning "use the setting". The model
+    loads on :meth:`warm_up` or on the first call to :meth:`score`, never in
+    the constructor.
+
+    Each :class:`~secondpass.types.PassageScore` carries the logit (``raw``)
+    and its sigmoid (``normalized``); which one ranks, and any ``min_score``,
+    is the retriever's decision. Blank passages are never sent to the model:
+    they get ``EMPTY_PASSAGE_RAW_SCORE`` and 0.0.
+
+    Example:
+        >>> scorer = CrossEncoderScorer(model="/models/my-reranker", device="cpu")
+        >>> scores = scorer.score("what do cats eat", ["Cats eat meat.", "Paris is in France."])
+        ... # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: RerankSettings | None = None,
+        model: str | None = None,
+        revision: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        max_length: int | None = None,
+        token_budget: int | None = None,
+        max_batch_size: int | None = None,
+        long_document: str | None = None,
+        max_chunks: int | None = None,
+        chunk_overlap: int | None = None,
+        overlap_collate: bool | None = None,
+        cache_folder: str | None = None,
+        trust_remote_code: bool | None = None,
+        allow_pickle: bool | None = None,
+    ) -> None:
+        base = RerankSettings() if settings is None else settings
+        overrides = {
+            "model": model,
+            "revision": revision,
+            "device": device,
+            "dtype": dtype,
+            "max_length": max_length,
+            "token_budget": token_budget,
+            "max_batch_size": max_batch_size,
+            "long_document": long_document,
+            "max_chunks": max_chunks,
+            "chunk_overlap": chunk_overlap,
+            "overlap_collate": overlap_collate,
+            "cache_folder": cache_folder,
+            "trust_remote_code": trust_remote_code,
+            "allow_pickle": allow_pickle,
+        }
+        chosen = {name: value for name, value in overrides.items() if value is not None}
+        try:
+            self.settings = RerankSettings.model_validate({**base.model_dump(), **chosen})
+        except ValueError as exc:
+            msg = f"invalid rerank settings: {_short(exc)}"
+            raise ConfigurationError(msg) from exc
+        if self.settings.trust_remote_code and not self.settings.revision:
+            msg = (
+                "trust_remote_code=True runs the model repository's own Python code; "
+                "it is only allowed together with a pinned revision (a commit hash)"
+            )
+            raise ConfigurationError(msg)
+        self._token_budget = self.settings.token_budget
+        self._loaded: _Loaded | None = None
+        self._lock = threading.Lock()
+        self._fingerprint: str | None = None
+
+    # -- state -------------------------------------------------------------------
+
+    @property
+    def is_loaded(self) -> bool:
+        """Whether the model has been loaded (by :meth:`warm_up` or a first score call)."""
+        return self._loaded is not None
+
+    @property
+    def token_budget(self) -> int:
+        """The current batch token budget (lower than configured after an out-of-memory)."""
+        return self._token_budget
+
+    @property
+    def max_length(self) -> int:
+        """The model window in tokens actually used (loads the model)."""
+        return self._ensure_loaded().max_length
+
+    @property
+    def device(self) -> str:
+        """The device the model runs on, e.g. ``cpu`` or ``cuda:0`` (loads the model)."""
+        return str(self._ensure_loaded().device)
+
+    @property
+    def network(self) -> Any:
+        """The underlying ``transformers`` model (loads it); e.g. to register forward hooks."""
+        return self._ensure_loaded().network
+
+    @property
+    def fingerprint(self) -> str:
+        """Model id, revision and every setting that changes a score; score caches key on it.
+
+        Computed without loading the model: a cache hit must not cost a load.
+        For a local directory the fingerprint includes the size and change time
+        of its config and weight files, so rebuilding a model there changes it.
+        """
+        if self._fingerprint is None:
+            settings = self.settings
+            parts = [
+                f"model={settings.model}",
+                f"revision={settings.revision or '-'}",
+                f"dtype={self._resolve_dtype_name()}",
+                f"max_length={settings.max_length or 'model'}",
+                f"long_document={settings.long_document}",
+            ]
+            if settings.long_document == "chunk":
+                parts += [f"max_chunks={settings.max_chunks}", f"chunk_overlap={settings.chunk_overlap}"]
+            local = Path(settings.model).expanduser()
+            if local.is_dir():
+                digest = hashlib.sha256()
+                for path in sorted(local.iterdir()):
+                    if path.is_file() and (path.suffix in {".json", ".safetensors", *_PICKLE_SUFFIXES}):
+                        stat = path.stat()
+                        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+                parts.append(f"files={digest.hexdigest()[:16]}")
+            self._fingerprint = "cross-encoder|" + "|".join(parts)
+        return self._fingerprint
+
+    def warm_up(self) -> None:
+        """Load the model now (instead of on the first score call) and run one forward pass."""
+        loaded = self._ensure_loaded()
+        self._run_units([loaded.tokenizer.build([], [])], loaded)
+
+    def close(self) -> None:
+        """Drop the model and free its memory; a later call loads it again."""
+        with self._lock:
+            loaded, self._loaded = self._loaded, None
+        if loaded is not None and str(loaded.device).startswith("cuda"):
+            _import_torch().cuda.empty_cache()
+
+    def bind_template(self, template: PassageTemplate) -> PassageTemplate:
+        """Return ``template`` counting its field budgets in this model's tokens.
+
+        Binding is free; the tokenizer loads with the model on the first render.
+        """
+        return template.bind(self.truncator)
+
+    @property
+    def truncator(self) -> TokenTruncator:
+        """A :class:`~secondpass.pipeline.passages.TokenTruncator` using this model's tokenizer."""
+        return _LazyTruncator(self)
+
+    # -- scoring -----------------------------------------------------------------
+
+    def score(
+        self,
+        query: str,
+        passages: Sequence[str],
+        *,
+        timings: dict[str, float] | None = None,
+    ) -> list[PassageScore]:
+        """Score ``passages`` against one ``query``; one result per passage, in input order."""
+        return self.score_pairs([(query, passage) for passage in passages], timings=timings)
+
+    def score_pairs(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        timings: dict[str, float] | None = None,
+    ) -> list[PassageScore]:
+        """Score (query, passage) pairs that may mix queries; results in input order.
+
+        Adds milliseconds to ``timings["tokenize_ms"]`` (tokenizing and padding)
+        and ``timings["model_ms"]`` (forward passes) when ``timings`` is given.
+        """
+        results: list[PassageScore | None] = [None] * len(pairs)
+        live = []
+        for index, (_, passage) in enumerate(pairs):
+            if is_blank(passage):
+                results[index] = PassageScore(raw=EMPTY_PASSAGE_RAW_SCORE, normalized=0.0, chunks=0)
+            else:
+                live.append(index)
+        if live:
+            loaded = self._ensure_loaded()
+            started = time.perf_counter()
+            tokenizer = loaded.tokenizer
+            queries = list(dict.fromkeys(pairs[index][0] for index in live))
+            query_ids = dict(zip(queries, tokenizer.encode(queries)))
+            passage_ids = tokenizer.encode([pairs[index][1] for index in live])
+            units: list[EncodedPair] = []
+            owners: list[tuple[int, int, int, bool, int]] = []  # (index, first unit, count, truncated, tokens_in)
+            unit_tokens: list[int] = []
+            settings = self.settings
+            for index, ids in zip(live, passage_ids):
+                q_ids = query_ids[pairs[index][0]]
+                plan = plan_windows(
+                    len(q_ids),
+                    len(ids),
+                    tokenizer.pair_budget,
+                    policy=settings.long_document,
+                    max_chunks=settings.max_chunks,
+                    overlap=settings.chunk_overlap,
+                )
+                owners.append((index, len(units), len(plan.windows), plan.truncated, len(ids)))
+                for start, end in plan.windows:
+                    units.append(tokenizer.build(q_ids[: plan.query_keep], ids[start:end]))
+                    unit_tokens.append(end - start)
+            tokenize_ms = (time.perf_counter() - started) * 1000.0
+            raw, collate_ms, model_ms = self._run_units(units, loaded)
+            if timings is not None:
+                timings["tokenize_ms"] = timings.get("tokenize_ms", 0.0) + tokenize_ms + collate_ms
+                timings["model_ms"] = timings.get("model_ms", 0.0) + model_ms
+            for index, first, count, truncated, tokens_in in owners:
+                best = max(range(first, first + count), key=lambda unit: (raw[unit], -unit))
+                results[index] = PassageScore(
+                    raw=raw[best],
+                    normalized=_sigmoid(raw[best]),
+                    tokens_in=tokens_in,
+                    tokens_scored=unit_tokens[best],
+                    truncated=truncated,
+                    chunks=count,
+                )
+        return [result for result in results if result is not None]
+
+    def _run_units(self, units: Sequence[EncodedPair], loaded: _Loaded) -> tuple[list[float], float, float]:
+        """Run model inputs through token-budget batches; raw logits in input order."""
+        torch = _import_torch()
+        on_cuda = str(loaded.device).startswith("cuda")
+        tokenizer = loaded.tokenizer
+
+        def collate(batch: list[int]) -> dict[str, Any]:
+            return collate_pairs(
+                [units[index] for index in batch],
+                pad_id=tokenizer.pad_id,
+                pad_type_id=tokenizer.pad_type_id,
+                padding_side=tokenizer.padding_side,
+                pin_memory=on_cuda,
+            )
+
+        def forward(features: dict[str, Any]) -> list[float]:
+            moved: dict[str, Any] = {
+                name: tensor.to(loaded.device, non_blocking=True) for name, tensor in features.items()
+            }
+            moved["modality"] = "text"
+            with torch.inference_mode():
+                logits = loaded.model(moved)["scores"]
+            return [float(value) for value in logits.float().reshape(-1).cpu().tolist()]
+
+        def is_oom(exc: BaseException) -> bool:
+            oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
+            return (oom_type is not None and isinstance(exc, oom_type)) or (
+                isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+            )
+
+        runner: BatchRunner[dict[str, Any]] = BatchRunner(
+            collate=collate,
+            forward=forward,
+            token_budget=self._token_budget,
+            max_batch_size=self.settings.max_batch_size,
+            overlap=self.settings.overlap_collate,
+            is_oom=is_oom,
+            on_oom=torch.cuda.empty_cache if on_cuda else None,
+        )
+        try:
+            raw = runner.run([len(unit) for unit in units])
+        except RerankError:
+            raise
+        except Exception as exc:
+            msg = f"cross-encoder forward pass failed: {type(exc).__name__}: {_short(exc)}"
+            raise RerankError(msg) from exc
+        finally:
+            self._token_budget = min(self._token_budget, runner.token_budget)
+        return raw, runner.stats.collate_ms, runner.stats.model_ms
+
+    # -- loading -----------------------------------------------------------------
+
+    def _ensure_loaded(self) -> _Loaded:
+        loaded = self._loaded
+        if loaded is not None:
+            return loaded
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = self._load()
+            return self._loaded
+
+    def _resolve_device(self) -> str:
+        torch = _import_torch()
+        wanted = self.settings.device.strip().lower()
+        if wanted != "auto":
+            return wanted
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return "mps"
+        return "cpu"
+
+    def _resolve_dtype_name(self) -> str:
+        wanted = self.settings.dtype
+        if wanted != "auto":
+            return wanted
+        device = self._resolve_device()
+        if device.startswith("cuda"):
+            return "bfloat16" if _import_torch().cuda.is_bf16_supported() else "float16"
+        return "float32"
+
+    def _check_weights(self, directory: Path) -> None:
+        """Refuse a local model whose only weights are pickles, unless the user allowed them."""
+        if self.settings.allow_pickle:
+            return
+        names = [path.name for path in directory.rglob("*") if path.is_file()]
+        has_safe = any(name.endswith(".safetensors") for name in names)
+        pickles = sorted(name for name in names if name.endswith(_PICKLE_SUFFIXES))
+        if pickles and not has_safe:
+            msg = (
+                f"model directory {str(directory)!r} has only pickle weights ({', '.join(pickles[:3])}); "
+                "loading a pickle can run arbitrary code, so it is refused. Convert the weights to "
+                "safetensors, or opt in with allow_pickle=True (SECONDPASS_RERANK_ALLOW_PICKLE=true)"
+            )
+            raise ModelLoadError(msg)
+
+    def _load(self) -> _Loaded:
+        torch = _import_torch()
+        try:
+            from sentence_transformers import CrossEncoder
+        except ImportError as exc:
+            raise MissingDependencyError("sentence-transformers", "rerank") from exc
+        settings = self.settings
+        device = self._resolve_device()
+        dtype = getattr(torch, self._resolve_dtype_name())
+        local = Path(settings.model).expanduser()
+        is_local = local.is_dir()
+        if is_local:
+            self._check_weights(local)
+        reference = str(local) if is_local else settings.model
+        model_kwargs: dict[str, Any] = {"dtype": dtype}
+        if not settings.allow_pickle:
+            model_kwargs["use_safetensors"] = True
+
+        def build(local_only: bool) -> Any:
+            return CrossEncoder(
+                reference,
+                device=device,
+                revision=None if is_local else settings.revision,
+                trust_remote_code=settings.trust_remote_code,
+                local_files_only=local_only,
+                cache_folder=settings.cache_folder,
+                model_kwargs=dict(model_kwargs),
+            )
+
+        started = time.perf_counter()
+        offline = is_local or _hub_offline()
+        try:
+            try:
+                model = build(offline)
+            except Exception as exc:
+                if offline or not _looks_unreachable(exc):
+                    raise
+                logger.warning("model hub unreachable (%s); loading %s from the local cache", _short(exc), reference)
+                model = build(True)
+        except Exception as exc:
+            raise self._load_error(reference, exc) from exc
+        model.eval()
+        network = model.model
+        if network is None:
+            msg = f"{reference!r} has no transformers model inside; SecondPass needs a sequence-classification cross-encoder"
+            raise ModelLoadError(msg)
+        if getattr(model[0], "transformer_task", "sequence-classification") != "sequence-classification":
+            msg = f"{reference!r} is not a sequence-classification cross-encoder (LLM rerankers are not supported)"
+            raise ModelLoadError(msg)
+        if model.num_labels != 1:
+            msg = f"{reference!r} has {model.num_labels} output labels; a reranker needs exactly one relevance logit"
+            raise ModelLoadError(msg)
+        max_length = self._window(model, network)
+        tokenizer = PairTokenizer.from_pretrained_tokenizer(model.tokenizer, max_length=max_length)
+        logger.info(
+            "loaded cross-encoder %s on %s (%s, window %d tokens) in %.1f s",
+            reference,
+            device,
+            str(dtype).replace("torch.", ""),
+            max_length,
+            time.perf_counter() - started,
+        )
+        return _Loaded(
+            model=model,
+            network=network,
+            tokenizer=tokenizer,
+            device=model.device,
+            dtype=dtype,
+            max_length=max_length,
+        )
+
+    def _window(self, model: Any, network: Any) -> int:
+        """The real window: min of the setting, the tokenizer's max and the position table.
+
+        A model whose learned positions have a padding offset (RoBERTa, XLM-R:
+        514 rows, positions start after the padding index) fits two fewer
+        tokens than its table has rows; going past that trips a device assert.
+        """
+        limits: list[int] = []
+        if self.settings.max_length is not None:
+            limits.append(self.settings.max_length)
+        tokenizer_max = getattr(model.tokenizer, "model_max_length", None)
+        if isinstance(tokenizer_max, int) and 0 < tokenizer_max < 1_000_000:
+            limits.append(tokenizer_max)
+        table = None
+        for name, module in network.named_modules():
+            if name.endswith("position_embeddings") and hasattr(module, "num_embeddings"):
+                table = module
+                break
+        if table is not None:
+            padding_idx = getattr(table, "padding_idx", None)
+            limits.append(int(table.num_embeddings) - (int(padding_idx) + 1 if padding_idx is not None else 0))
+        else:
+            positions = getattr(network.config, "max_position_embeddings", None)
+            if isinstance(positions, int) and positions > 0:
+                limits.append(positions)
+        if not limits:
+            msg = "cannot tell the model's maximum input length; set max_length"
+            raise ModelLoadError(msg)
+        return min(limits)
+
+    def _load_error(self, reference: str, exc: BaseException) -> ModelLoadError:
+        text = str(exc).lower()
+        if not self.settings.trust_remote_code and "trust_remote_code" in text:
+            msg = (
+                f"{reference!r} needs its own Python code to load; that code is not run unless you "
+                "opt in with trust_remote_code=True together with a pinned revision"
+            )
+            return ModelLoadError(msg)
+        if not self.settings.allow_pickle and ("safetensors" in text or ".bin" in text):
+            msg = (
+                f"{reference!r} has no safetensors weights; pickle (.bin) weights can run arbitrary "
+                "code when loaded and are refused unless you opt in with allow_pickle=True"
+            )
+            return ModelLoadError(msg)
+        msg = f"could not load cross-encoder {reference!r}: {type(exc).__name__}: {_short(exc)}"
+        return ModelLoadError(msg)

@@ -1,0 +1,160 @@
+"""Process plumbing shared by the local engines and Redis.
+
+Each server runs in its own process group so that one signal reaches every
+process it spawned (Elasticsearch runs a CLI launcher JVM that forks the server
+JVM). Log tails are what a failed start reports, so they are read defensively.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from secondpass.errors import ServerStartError
+
+LOOPBACK = "127.0.0.1"
+# uid/gid the engines see when we are root: both engines refuse to run as root.
+_UNPRIVILEGED_ID = 1000
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port nobody listens on right now (the usual bind-to-0 trick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = LOOPBACK) -> bool:
+    """Whether ``port`` can be bound now, i.e. no old process still holds it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def tail(path: Path, lines: int = 60, max_bytes: int = 64_000) -> str:
+    """The last ``lines`` lines of a log file; empty when there is none yet."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@functools.cache
+def drop_root_prefix() -> tuple[str, ...]:
+    """Command prefix that makes a root caller look unprivileged to the child.
+
+    Elasticsearch and OpenSearch refuse to run as root and offer no override. A
+    user namespace that maps uid 1000 inside to root outside fixes that without
+    creating users or changing file ownership: files stay root's on disk and the
+    engine sees itself as uid 1000 owning them. Empty when we are not root.
+    """
+    if os.geteuid() != 0:
+        return ()
+    unshare = shutil.which("unshare")
+    prefix = (
+        (unshare, "--user", f"--map-user={_UNPRIVILEGED_ID}", f"--map-group={_UNPRIVILEGED_ID}")
+        if unshare
+        else None
+    )
+    if prefix is not None:
+        probe = subprocess.run([*prefix, "true"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return prefix
+    msg = (
+        "Elasticsearch/OpenSearch refuse to run as root and user namespaces are unavailable "
+        "here (util-linux 'unshare --user --map-user' failed); run the tests as a normal user"
+    )
+    raise ServerStartError(msg)
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str],
+    log_path: Path,
+    cwd: Path | None = None,
+    stdin_text: str | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a new session with stdout+stderr appended to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            list(argv),
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    if stdin_text is not None and proc.stdin is not None:
+        proc.stdin.write(stdin_text.encode("utf-8"))
+        proc.stdin.close()
+    return proc
+
+
+def signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Send ``sig`` to the whole process group of ``proc`` (ignored if already gone)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` still exists."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def terminate(proc: subprocess.Popen[bytes], *, grace_s: float) -> None:
+    """SIGTERM the group, wait up to ``grace_s``, then SIGKILL whatever is left.
+
+    A stopped (SIGSTOPped) group cannot act on SIGTERM, so it is continued first.
+    The wait covers every process of the group, not just the leader, so the
+    port is free when this returns.
+    """
+    if proc.poll() is None or group_alive(proc.pid):
+        signal_group(proc, signal.SIGCONT)
+        signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            proc.poll()
+            if not group_alive(proc.pid):
+                break
+            time.sleep(0.1)
+    kill(proc)
+
+
+def kill(proc: subprocess.Popen[bytes], *, wait_s: float = 10.0) -> None:
+    """SIGKILL the group and reap the leader."""
+    signal_group(proc, signal.SIGKILL)
+    try:
+        proc.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + wait_s
+    while group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -1,0 +1,692 @@
+"""The drop-in proxy: listens like a cluster, forwards everything, reranks searches.
+
+An application switches to reranked results by changing one URL. The proxy is a
+raw ASGI application (no framework routing or response classes between the
+client and the engine), so pass-through traffic keeps its bytes, status codes,
+repeated headers and streaming: request bodies stream up, response bodies stream
+down unread.
+
+Only ``GET|POST /_search``, ``/{index}/_search`` and the ``_msearch`` variants
+are read. Each search is planned by :mod:`secondpass.service.proxy_rules`; a
+search that can be reranked is sent upstream asking for the rerank window, its
+hits go through :meth:`Retriever.arerank_hits
+<secondpass.pipeline.retriever.Retriever.arerank_hits>` (the same call the facade
+makes, so the order is the facade's), and the client's page is cut from the
+result. Every search answer carries ``X-SecondPass-Rerank`` (``ok``, or
+``skipped``/``failed``/``partial`` with ``; reason=...``). When reranking fails or
+runs out of time the client gets what the engine would have answered to its own
+request; an error the engine did not give never reaches the client.
+
+Example:
+    >>> settings = ProxySettings(upstream="http://127.0.0.1:9200",
+    ...                          indices={"docs": {"fields": ["title", "body"]}})
+    >>> app = RerankProxy(settings, scorer=scorer)  # doctest: +SKIP
+    >>> # uvicorn.run(app, host=settings.host, port=settings.port)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+import logging
+import re
+import ssl
+import time
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+from urllib.parse import unquote
+
+import httpx
+
+from secondpass.pipeline.protocols import ScoreCache, Scorer
+from secondpass.pipeline.retriever import Retriever, render_passage
+from secondpass.service import proxy_rules as rules
+from secondpass.service.proxy_settings import ProxySettings
+from secondpass.types import Hit, SearchResult
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+STATUS_HEADER = "x-secondpass-rerank"
+"""Response header naming the rerank status; as a request header, ``off`` opts out."""
+QUERY_HEADER = "x-secondpass-query"
+"""Request header with the text to rerank with (percent-encoded UTF-8 where not ASCII)."""
+
+PASSAGE_FIELD = "passage"
+
+_SEARCH_PATH = re.compile(rb"^/(?:(?P<index>[^/]+)/)?_search/?$")
+_MSEARCH_PATH = re.compile(rb"^/(?:(?P<index>[^/]+)/)?_msearch/?$")
+_READ_METHODS = frozenset({"GET", "POST"})
+
+# Hop-by-hop headers (RFC 9110 7.6.1) and those the HTTP layer recomputes.
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
+        b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+    }
+)  # fmt: skip
+_NOT_FORWARDED_UP = _HOP_BY_HOP | {b"host"}
+_REWRITTEN_UP = _NOT_FORWARDED_UP | {b"content-length", b"content-encoding", b"accept-encoding"}
+_REWRITTEN_DOWN = _HOP_BY_HOP | {b"content-length", b"content-encoding"}
+_JSON_TYPES = ("application/json", "application/vnd.elasticsearch+json", "text/plain")
+_NDJSON_TYPES = ("application/x-ndjson", "application/vnd.elasticsearch+x-ndjson") + _JSON_TYPES
+_JSON_ACCEPT = ("application/json", "application/vnd.elasticsearch+json", "*/*", "application/*")
+
+
+@dataclasses.dataclass(slots=True)
+class _Incoming:
+    """One client request as the proxy sees it."""
+
+    method: str
+    raw_path: bytes
+    query: bytes
+    headers: list[tuple[bytes, bytes]]
+    receive: Receive
+
+    def header(self, name: bytes) -> str | None:
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value.decode("latin-1")
+        return None
+
+
+@dataclasses.dataclass(slots=True)
+class _Answer:
+    """A buffered response ready to send."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What became of one search: the JSON to answer with and the status header value."""
+
+    response: dict[str, Any]
+    status: str
+    added_ms: float = 0.0
+
+
+class _BodyTooLarge(Exception):
+    """The search body is larger than the proxy reads; it passes through instead."""
+
+
+def build_retriever(
+    settings: ProxySettings, scorer: Scorer, cache: ScoreCache | None = None
+) -> Retriever:
+    """The retriever the proxy reranks with: the facade's, minus the first stage.
+
+    The passage is rendered by the proxy per hit (its index's template) and handed
+    over as one field, so one retriever serves every index configuration.
+    """
+    return Retriever(
+        scorer=scorer,
+        cache=cache,
+        template=None,
+        window=settings.window,
+        deadline_ms=settings.deadline_ms,
+        latency_budget_ms=settings.latency_budget_ms,
+        rank_by=settings.rank_by,
+    )
+
+
+class RerankProxy:
+    """ASGI application that forwards every request to ``settings.upstream``.
+
+    Give it a ``retriever`` (or a ``scorer`` and optional ``cache`` to build one
+    with :func:`build_retriever`). Construction does no I/O: the HTTP client toward
+    the upstream is created on the first request (or at ASGI lifespan start), and
+    :meth:`aclose` (or lifespan shutdown) releases it.
+    """
+
+    def __init__(
+        self,
+        settings: ProxySettings,
+        *,
+        retriever: Retriever | None = None,
+        scorer: Scorer | None = None,
+        cache: ScoreCache | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if retriever is None:
+            if scorer is None:
+                msg = "RerankProxy needs a retriever or a scorer"
+                raise TypeError(msg)
+            retriever = build_retriever(settings, scorer, cache)
+        self.settings = settings
+        self.retriever = retriever
+        self.index_rules = settings.index_rules()
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._upstream = httpx.URL(settings.upstream)
+        self._auth = _configured_auth(settings)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def client(self) -> httpx.AsyncClient:
+        """The pooled HTTP client toward the upstream, created on first use."""
+        if self._client is None:
+            s = self.settings
+            self._client = httpx.AsyncClient(
+                transport=self._transport,
+                verify=_tls_context(s) if self._upstream.scheme == "https" else True,
+                timeout=httpx.Timeout(s.read_timeout_s, connect=s.connect_timeout_s),
+                limits=httpx.Limits(
+                    max_connections=s.max_connections, max_keepalive_connections=s.max_connections
+                ),
+                follow_redirects=False,
+                trust_env=False,
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the upstream connections. The retriever belongs to the caller."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    # ---------------------------------------------------------------------- ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Route one ASGI connection: searches are read, everything else streams through."""
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":  # websockets: nothing of ours
+            return
+        incoming = _Incoming(
+            method=scope["method"],
+            raw_path=scope.get("raw_path") or scope["path"].encode("utf-8"),
+            query=scope.get("query_string", b""),
+            headers=list(scope["headers"]),
+            receive=receive,
+        )
+        path = incoming.raw_path.split(b"?", 1)[0]
+        if incoming.method in _READ_METHODS:
+            match = _SEARCH_PATH.match(path)
+            if match:
+                await self._search(incoming, _path_index(match), send)
+                return
+            match = _MSEARCH_PATH.match(path)
+            if match:
+                await self._msearch(incoming, _path_index(match), send)
+                return
+        await self._pass_through(incoming, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.client()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -------------------------------------------------------------- pass-through
+
+    async def _pass_through(
+        self,
+        incoming: _Incoming,
+        send: Send,
+        *,
+        body: bytes | None = None,
+        status: str | None = None,
+    ) -> None:
+        """Forward the request and stream the answer back as it comes.
+
+        ``body`` is the request body when it was already read; ``status`` adds the
+        rerank status header (searches that are not reranked).
+        """
+        headers = self._up_headers(incoming.headers, _NOT_FORWARDED_UP)
+        content: bytes | AsyncIterator[bytes]
+        if body is not None:
+            content = body
+            headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+        elif _has_body(incoming.headers):
+            content = _stream_body(incoming.receive)
+        else:
+            content = b""
+        request = httpx.Request(
+            incoming.method,
+            self._url(incoming.raw_path, rules.strip_own_params(incoming.query)),
+            headers=headers,
+            content=content,
+        )
+        try:
+            response = await self.client().send(request, stream=True)
+        except httpx.HTTPError as exc:
+            await _send_answer(send, _unreachable(exc, status))
+            return
+        try:
+            down = [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP_BY_HOP]
+            if status is not None:
+                down.append((STATUS_HEADER.encode(), status.encode("ascii")))
+            await send({"type": "http.response.start", "status": response.status_code, "headers": down})
+            async for chunk in response.aiter_raw():
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except httpx.HTTPError as exc:  # upstream died mid-stream: the client sees a cut body
+            logger.warning("upstream stream broke off: %s", type(exc).__name__)
+        finally:
+            await response.aclose()
+
+    # -------------------------------------------------------------------- search
+
+    async def _search(self, incoming: _Incoming, index: str | None, send: Send) -> None:
+        started = time.perf_counter()
+        params = rules.split_query(incoming.query)
+        if rules.opted_out(params, incoming.header(STATUS_HEADER.encode())):
+            await self._pass_through(incoming, send, status=rules.status_header("skipped", "disabled by the client"))
+            return
+        try:
+            raw_body = await self._read_body(incoming)
+        except _BodyTooLarge:
+            await self._pass_through(incoming, send, status=rules.status_header("skipped", "search body too large to read"))
+            return
+        body_or_reason = self._decode_search(incoming, raw_body, params)
+        if isinstance(body_or_reason, str):
+            await self._pass_through(incoming, send, body=raw_body, status=rules.status_header("skipped", body_or_reason))
+            return
+        texts = self.index_rules.resolve(index)
+        plan = rules.plan_search(
+            body_or_reason,
+            params,
+            window=self.settings.window,
+            text_fields=texts.fields,
+            header_query=incoming.header(QUERY_HEADER.encode()),
+        )
+        if isinstance(plan, rules.Skip):
+            await self._pass_through(incoming, send, body=raw_body, status=rules.status_header("skipped", plan.reason))
+            return
+        request = httpx.Request(
+            incoming.method,
+            self._url(incoming.raw_path, plan.query),
+            headers=self._up_headers(incoming.headers, _REWRITTEN_UP),
+            content=_dump(plan.body),
+        )
+        upstream_started = time.perf_counter()
+        try:
+            response = await self.client().send(request)
+        except httpx.HTTPError as exc:
+            await _send_answer(send, _unreachable(exc, rules.status_header("failed", "engine unreachable")))
+            return
+        upstream_ms = (time.perf_counter() - upstream_started) * 1000
+        if response.status_code == 400:
+            # Possibly our window made the difference (e.g. a rank_window_size);
+            # the client must get the engine's answer to its own request.
+            await self._pass_through(
+                incoming, send, body=raw_body,
+                status=rules.status_header("skipped", "engine rejected the window request (400)"),
+            )  # fmt: skip
+            return
+        parsed = _json_object(response)
+        if response.status_code != 200 or parsed is None:
+            reason = f"engine answered {response.status_code}"
+            if response.status_code == 200:
+                await self._pass_through(incoming, send, body=raw_body, status=rules.status_header("failed", "engine answer is not JSON"))
+                return
+            await _send_answer(send, _relay(response, rules.status_header("skipped", reason)))
+            return
+        outcome = await self._rerank(parsed, plan, texts)
+        added_ms = (time.perf_counter() - started) * 1000 - upstream_ms
+        final = outcome.response
+        if outcome.status == "ok" or outcome.status.startswith("partial"):
+            final = rules.add_took(final, added_ms)
+        answer = _Answer(
+            response.status_code,
+            _down_headers(response, outcome.status),
+            _dump(final),
+        )
+        await _send_answer(send, answer)
+
+    async def _rerank(
+        self, response: dict[str, Any], plan: rules.SearchPlan, texts: rules.RequestTexts
+    ) -> _Outcome:
+        """Rerank one search response; any fault gives the engine-order page instead."""
+        try:
+            hits = self._hits(response, plan, texts)
+            if not hits:
+                return _Outcome(rules.engine_order_response(response, plan), rules.status_header("skipped", "no hits"))
+            result = await self.retriever.arerank_hits(plan.query_text, hits, k=None, offset=0)
+        except Exception as exc:  # noqa: BLE001 - the client must get the engine's answer
+            logger.warning("rerank failed, answering in engine order: %s", type(exc).__name__, exc_info=True)
+            reason = f"{type(exc).__name__} while reranking"
+            return _Outcome(rules.engine_order_response(response, plan), rules.status_header("failed", reason))
+        return self._apply(response, plan, result)
+
+    def _apply(self, response: dict[str, Any], plan: rules.SearchPlan, result: SearchResult) -> _Outcome:
+        if result.status in ("failed", "skipped"):
+            return _Outcome(
+                rules.engine_order_response(response, plan),
+                rules.status_header(result.status, result.reason or "reranking did not happen"),
+            )
+        reranked = rules.reranked_response(
+            response, plan, result, annotation=self.settings.hit_annotation
+        )
+        return _Outcome(reranked, rules.status_header(result.status, result.reason))
+
+    def _hits(self, response: dict[str, Any], plan: rules.SearchPlan, texts: rules.RequestTexts) -> list[Hit]:
+        """Engine hits as :class:`Hit` objects whose one field is the rendered passage."""
+
+        def names(index: str) -> Sequence[str]:
+            entry = texts.for_hit(index)
+            return () if entry is None else entry.fields
+
+        out = []
+        for hit in rules.build_hits(response, plan, fields_for=names):
+            entry = texts.for_hit(hit.index)
+            passage = "" if entry is None else render_passage(hit, entry.template)
+            out.append(dataclasses.replace(hit, fields={PASSAGE_FIELD: passage}))
+        return out
+
+    # ------------------------------------------------------------------- msearch
+
+    async def _msearch(self, incoming: _Incoming, index: str | None, send: Send) -> None:
+        started = time.perf_counter()
+        params = rules.split_query(incoming.query)
+        if rules.opted_out(params, incoming.header(STATUS_HEADER.encode())):
+            await self._pass_through(incoming, send, status=rules.status_header("skipped", "disabled by the client"))
+            return
+        try:
+            raw_body = await self._read_body(incoming)
+        except _BodyTooLarge:
+            await self._pass_through(incoming, send, status=rules.status_header("skipped", "search body too large to read"))
+            return
+        data = self._decoded(incoming, raw_body, _NDJSON_TYPES, params)
+        parsed = rules.parse_msearch(data) if data is not None else None
+        if parsed is None:
+            await self._pass_through(incoming, send, body=raw_body, status=rules.status_header("skipped", "msearch body not readable"))
+            return
+        header_query = incoming.header(QUERY_HEADER.encode())
+        plans: list[rules.SearchPlan | rules.Skip] = []
+        item_texts: list[rules.RequestTexts] = []
+        for item in parsed.items:
+            texts = self.index_rules.resolve(rules.msearch_index(item.header, index))
+            item_texts.append(texts)
+            plans.append(
+                rules.plan_search(
+                    item.body, (), window=self.settings.window,
+                    text_fields=texts.fields, header_query=header_query,
+                )
+            )  # fmt: skip
+        if not any(isinstance(p, rules.SearchPlan) for p in plans):
+            reasons = ", ".join(rules.status_header("skipped", p.reason) for p in plans if isinstance(p, rules.Skip))
+            await self._pass_through(incoming, send, body=raw_body, status=reasons or "skipped")
+            return
+        lines = []
+        for item, plan in zip(parsed.items, plans, strict=True):
+            lines += [_dump(item.header), _dump(plan.body if isinstance(plan, rules.SearchPlan) else item.body)]
+        query = rules.join_query(p for p in params if p.key != rules.OPT_OUT_PARAM)
+        request = httpx.Request(
+            incoming.method,
+            self._url(incoming.raw_path, query),
+            headers=self._up_headers(incoming.headers, _REWRITTEN_UP),
+            content=b"\n".join(lines) + b"\n",
+        )
+        upstream_started = time.perf_counter()
+        try:
+            response = await self.client().send(request)
+        except httpx.HTTPError as exc:
+            await _send_answer(send, _unreachable(exc, rules.status_header("failed", "engine unreachable")))
+            return
+        upstream_ms = (time.perf_counter() - upstream_started) * 1000
+        body = _json_object(response)
+        responses = body.get("responses") if body is not None else None
+        if (
+            body is None
+            or response.status_code != 200
+            or not isinstance(responses, list)
+            or len(responses) != len(plans)
+        ):
+            await self._pass_through(
+                incoming, send, body=raw_body,
+                status=rules.status_header("skipped", f"engine answered {response.status_code}"),
+            )  # fmt: skip
+            return
+        await self._replay_rejected(incoming, parsed, plans, responses, query)
+        outcomes = await asyncio.gather(
+            *(
+                self._msearch_item(item_response, plan, texts)
+                for item_response, plan, texts in zip(responses, plans, item_texts, strict=True)
+            )
+        )
+        added_ms = (time.perf_counter() - started) * 1000 - upstream_ms
+        final = dict(body)
+        final["responses"] = [o.response for o in outcomes]
+        final = rules.add_took(final, added_ms)
+        status = ", ".join(o.status for o in outcomes)
+        await _send_answer(send, _Answer(200, _down_headers(response, status), _dump(final)))
+
+    async def _msearch_item(
+        self, item: Any, plan: rules.SearchPlan | rules.Skip, texts: rules.RequestTexts
+    ) -> _Outcome:
+        if isinstance(plan, rules.Skip):
+            return _Outcome(item, rules.status_header("skipped", plan.reason))
+        if not isinstance(item, dict) or "hits" not in item:
+            return _Outcome(item, rules.status_header("skipped", "engine answered an error"))
+        started = time.perf_counter()
+        outcome = await self._rerank(item, plan, texts)
+        if outcome.status == "ok" or outcome.status.startswith("partial"):
+            return _Outcome(rules.add_took(outcome.response, (time.perf_counter() - started) * 1000), outcome.status)
+        return outcome
+
+    async def _replay_rejected(
+        self,
+        incoming: _Incoming,
+        parsed: rules.MsearchRequest,
+        plans: list[rules.SearchPlan | rules.Skip],
+        responses: list[Any],
+        query: bytes,
+    ) -> None:
+        """Re-ask, as the client wrote them, the items the engine rejected with 400.
+
+        Our window may be what the engine objected to; either way the client gets the
+        engine's answer to its own item. Replaced items are marked as skipped.
+        """
+        rejected = [
+            i
+            for i, (plan, item) in enumerate(zip(plans, responses, strict=True))
+            if isinstance(plan, rules.SearchPlan) and isinstance(item, dict) and item.get("status") == 400
+        ]
+        if not rejected:
+            return
+        lines = []
+        for i in rejected:
+            lines += [_dump(parsed.items[i].header), _dump(parsed.items[i].body)]
+        request = httpx.Request(
+            incoming.method,
+            self._url(incoming.raw_path, query),
+            headers=self._up_headers(incoming.headers, _REWRITTEN_UP),
+            content=b"\n".join(lines) + b"\n",
+        )
+        try:
+            replay = _json_object(await self.client().send(request))
+        except httpx.HTTPError:
+            return
+        answers = replay.get("responses") if replay is not None else None
+        if not isinstance(answers, list) or len(answers) != len(rejected):
+            return
+        for i, answer in zip(rejected, answers, strict=True):
+            responses[i] = answer
+            plans[i] = rules.Skip("engine rejected the window request (400)")
+
+    # ------------------------------------------------------------------- helpers
+
+    def _url(self, raw_path: bytes, query: bytes) -> httpx.URL:
+        base = self._upstream.raw_path.split(b"?", 1)[0].rstrip(b"/")
+        return self._upstream.copy_with(raw_path=base + raw_path + (b"?" + query if query else b""))
+
+    def _up_headers(
+        self, headers: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes]
+    ) -> list[tuple[bytes, bytes]]:
+        out = [
+            (k, v)
+            for k, v in headers
+            if k.lower() not in drop and not k.lower().startswith(b"x-secondpass-")
+        ]
+        if self._auth is not None and not any(k.lower() == b"authorization" for k, _ in out):
+            out.append((b"authorization", self._auth))
+        return out
+
+    async def _read_body(self, incoming: _Incoming) -> bytes:
+        declared = incoming.header(b"content-length")
+        limit = self.settings.max_search_body_bytes
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _BodyTooLarge
+        chunks = []
+        size = 0
+        while True:
+            message = await incoming.receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        if size > limit:  # only reachable without a Content-Length; the bytes are read anyway
+            logger.info("search body of %d bytes exceeds max_search_body_bytes", size)
+        return b"".join(chunks)
+
+    def _decoded(
+        self,
+        incoming: _Incoming,
+        raw_body: bytes,
+        content_types: tuple[str, ...],
+        params: Sequence[rules.QueryParam],
+    ) -> bytes | None:
+        """The request body as plain bytes, or ``None`` when the proxy cannot read it."""
+        if raw_body:
+            content_type = (incoming.header(b"content-type") or "application/json").lower()
+            if not content_type.split(";")[0].strip().startswith(content_types):
+                return None
+        accept = (incoming.header(b"accept") or "application/json").lower()
+        if not any(part.split(";")[0].strip().startswith(_JSON_ACCEPT) for part in accept.split(",")):
+            return None
+        fmt = next((p.value for p in params if p.key == "format"), None)
+        if fmt is not None and fmt.lower() != "json":
+            return None
+        encoding = (incoming.header(b"content-encoding") or "identity").strip().lower()
+        try:
+            if encoding in ("gzip", "x-gzip"):
+                return zlib.decompress(raw_body, wbits=31)
+            if encoding == "deflate":
+                return zlib.decompress(raw_body)
+        except zlib.error:
+            return None
+        return raw_body if encoding == "identity" else None
+
+    def _decode_search(
+        self, incoming: _Incoming, raw_body: bytes, params: Sequence[rules.QueryParam]
+    ) -> dict[str, Any] | str:
+        """The search body as a dict, or the reason it cannot be read."""
+        data = self._decoded(incoming, raw_body, _JSON_TYPES, params)
+        if data is None:
+            return "request or response format is not JSON"
+        if not data.strip():
+            return {}
+        try:
+            body = json.loads(data)
+        except ValueError:
+            return "search body is not valid JSON"
+        return body if isinstance(body, dict) else "search body is not a JSON object"
+
+
+# ------------------------------------------------------------------------ functions
+
+
+def _path_index(match: re.Match[bytes]) -> str | None:
+    index = match.group("index")
+    return None if index is None else unquote(index.decode("latin-1"))
+
+
+def _has_body(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    for key, value in headers:
+        name = key.lower()
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+async def _stream_body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+def _dump(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        value = json.loads(response.content)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _down_headers(response: httpx.Response, status: str) -> list[tuple[bytes, bytes]]:
+    headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _REWRITTEN_DOWN]
+    headers.append((STATUS_HEADER.encode(), status.encode("ascii", "replace")))
+    return headers
+
+
+def _relay(response: httpx.Response, status: str) -> _Answer:
+    """The engine's buffered answer, unchanged but for the status header."""
+    return _Answer(response.status_code, _down_headers(response, status), response.content)
+
+
+async def _send_answer(send: Send, answer: _Answer) -> None:
+    headers = [(k, v) for k, v in answer.headers if k.lower() != b"content-length"]
+    headers.append((b"content-length", str(len(answer.body)).encode()))
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body, "more_body": False})
+
+
+def _unreachable(exc: httpx.HTTPError, status: str | None) -> _Answer:
+    """A gateway error in the engines' error shape, for when there is no engine answer."""
+    timeout = isinstance(exc, httpx.TimeoutException)
+    code = 504 if timeout else 502
+    reason = f"upstream {'timed out' if timeout else 'unreachable'}: {type(exc).__name__}"
+    body = {"error": {"type": "secondpass_proxy_exception", "reason": reason}, "status": code}
+    headers = [(b"content-type", b"application/json")]
+    if status is not None:
+        headers.append((STATUS_HEADER.encode(), status.encode("ascii", "replace")))
+    return _Answer(code, headers, _dump(body))
+
+
+def _configured_auth(settings: ProxySettings) -> bytes | None:
+    if settings.api_key is not None:
+        return b"ApiKey " + settings.api_key.get_secret_value().encode("latin-1")
+    if settings.username is not None:
+        password = settings.password.get_secret_value() if settings.password is not None else ""
+        token = base64.b64encode(f"{settings.username}:{password}".encode())
+        return b"Basic " + token
+    return None
+
+
+def _tls_context(settings: ProxySettings) -> ssl.SSLContext | bool:
+    if not settings.verify_certs:
+        return False
+    context = ssl.create_default_context(cafile=settings.ca_certs)
+    if settings.client_cert is not None:
+        context.load_cert_chain(settings.client_cert, settings.client_key)
+    return context

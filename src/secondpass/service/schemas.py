@@ -1,0 +1,211 @@
+"""Request and response bodies of the HTTP API.
+
+The wire formats follow Cohere's ``/v1/rerank`` and ``/v2/rerank`` and Hugging Face
+text-embeddings-inference's ``/rerank`` so their existing clients work unchanged.
+Size limits are deployment settings, so they are checked in the handlers (with
+errors that name the field and the limit) and written into the OpenAPI document
+by :func:`secondpass.service.app.create_app`, not hard-coded here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+def clean_text(text: str) -> str:
+    """Replace lone UTF-16 surrogates (legal in JSON, fatal to tokenizers and encoders) with U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # utf-16 with surrogatepass re-pairs valid halves; "replace" turns lone ones into U+FFFD.
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def _clean_tree(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, list):
+        return [_clean_tree(v) for v in value]
+    if isinstance(value, dict):
+        return {
+            clean_text(k) if isinstance(k, str) else k: _clean_tree(v) for k, v in value.items()
+        }
+    return value
+
+
+class _Request(BaseModel):
+    # Clients of the upstream APIs send fields we do not use; rejecting them
+    # would break drop-in compatibility, so unknown fields are ignored.
+    model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clean_strings(cls, data: Any) -> Any:
+        """Every string is made encodable once, so no later stage can fail on it."""
+        return _clean_tree(data)
+
+
+class CohereRerankRequest(_Request):
+    """Body of ``POST /v1/rerank`` (Cohere v1)."""
+
+    query: str = Field(description="the search query")
+    documents: list[str | dict[str, Any]] = Field(
+        description="strings, or objects whose `rank_fields` (default `text`) are scored"
+    )
+    top_n: int | None = Field(
+        default=None, ge=1, description="how many results to return (default: all documents)"
+    )
+    rank_fields: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="object keys scored, in order; several are joined as `key: value` lines",
+    )
+    return_documents: bool = Field(default=True, description="echo each document in its result")
+    model: str | None = Field(
+        default=None, description="accepted for compatibility; this service serves one model"
+    )
+    max_chunks_per_doc: int | None = Field(
+        default=None,
+        ge=1,
+        description="accepted for compatibility; long documents follow the service's policy",
+    )
+
+
+class CohereV2RerankRequest(_Request):
+    """Body of ``POST /v2/rerank`` (Cohere v2: string documents, no document echo)."""
+
+    query: str
+    documents: list[str]
+    top_n: int | None = Field(default=None, ge=1)
+    model: str | None = None
+    max_tokens_per_doc: int | None = Field(default=None, ge=1)
+
+
+class CohereDocument(BaseModel):
+    """The echoed document: ``text`` for string documents, the object's own fields otherwise."""
+
+    model_config = ConfigDict(extra="allow")
+
+    text: str | None = None
+
+
+class CohereResult(BaseModel):
+    """One ranked document; ``index`` points into the request's ``documents``."""
+
+    index: int
+    relevance_score: float = Field(description="sigmoid of the model's logit, in [0, 1]")
+    document: CohereDocument | None = None
+
+
+class CohereMeta(BaseModel):
+    """Cohere's ``meta`` block, plus what SecondPass adds (model, cache hits)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    api_version: dict[str, str]
+    billed_units: dict[str, int]
+    model: str | None = Field(default=None, description="fingerprint of the model that scored")
+    cache_hits: int | None = Field(
+        default=None, description="documents served from the score cache"
+    )
+
+
+class CohereRerankResponse(BaseModel):
+    """Results by descending relevance (ties: lower index first)."""
+
+    id: str
+    results: list[CohereResult]
+    meta: CohereMeta
+
+
+class TeiRerankRequest(_Request):
+    """Body of ``POST /rerank`` (text-embeddings-inference)."""
+
+    query: str
+    texts: list[str]
+    truncate: bool | None = Field(
+        default=None,
+        description="cut inputs longer than the model's window; false: 413 instead; "
+        "null: the service's `auto_truncate` setting",
+    )
+    truncation_direction: Literal["Right", "Left", "right", "left"] = Field(
+        default="Right", description="only Right is supported"
+    )
+    raw_scores: bool = Field(default=False, description="return logits instead of sigmoid scores")
+    return_text: bool = Field(default=False, description="echo each text in its result")
+
+
+class TeiRank(BaseModel):
+    """One ranked text; ``index`` points into the request's ``texts``."""
+
+    index: int
+    score: float
+    text: str | None = None
+
+
+class SearchRequestBody(_Request):
+    """Body of ``POST /v1/search``: first stage on the configured index, then rerank."""
+
+    query: str = Field(description="the user's text; only ever a match value, never query syntax")
+    k: int = Field(default=10, ge=1, description="hits returned")
+    offset: int = Field(default=0, ge=0, description="hits skipped (pages concatenate exactly)")
+    filters: list[dict[str, Any]] = Field(
+        default_factory=list, description="engine filter clauses, ANDed with the query"
+    )
+    body: dict[str, Any] | None = Field(
+        default=None,
+        description="your own query DSL (the `query` part); `query` is then only reranked",
+    )
+    hybrid: bool = Field(
+        default=False, description="fuse lexical and dense first stages (when configured)"
+    )
+    deadline_ms: float | None = Field(
+        default=None, gt=0, description="answer within this many ms; reranking degrades to fit"
+    )
+
+
+class SearchHitOut(BaseModel):
+    """One hit in the final order; ``score`` is null when it was not reranked."""
+
+    index: str
+    id: str
+    rank: int
+    score: float | None
+    first_stage_rank: int
+    first_stage_score: float | None
+    fields: dict[str, str]
+    source: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    """Hits plus what a caller needs to trust them (see ``rerank_status``)."""
+
+    hits: list[SearchHitOut]
+    rerank_status: Literal["ok", "partial", "skipped", "failed"]
+    reason: str | None
+    timings_ms: dict[str, float]
+    cache_hits: int
+    cache_misses: int
+    window: int
+    reranked: int
+
+
+class ErrorBody(BaseModel):
+    """Every error response (``error`` and ``message`` carry the same text)."""
+
+    error: str
+    message: str
+    error_type: str
+    field: str | None = None
+    limit: float | None = None
+
+
+class Readiness(BaseModel):
+    """``/readyz`` answer: ``ready`` plus the state of each check."""
+
+    ready: bool
+    status: str
+    checks: dict[str, str]

@@ -1,0 +1,230 @@
+"""Settings of the HTTP service, from CLI flags, environment variables or a config file.
+
+Precedence, highest first: ``secondpass serve`` flags, ``SECONDPASS_SERVICE_*``
+variables (nested areas with ``__``, e.g. ``SECONDPASS_SERVICE_RERANK__DEVICE``),
+the config file (``--config`` or ``SECONDPASS_SERVICE_CONFIG_FILE``; TOML, JSON or
+YAML), then each area's own variables (``SECONDPASS_RERANK_*``, ``SECONDPASS_CACHE_*``,
+``SECONDPASS_ENGINE_*``) and finally the defaults. The nested areas reuse the
+library's settings classes so a value means the same thing everywhere.
+
+Example:
+    >>> s = ServiceSettings(port=9000, rerank={"device": "cpu"})
+    >>> (s.port, s.rerank.device)
+    (9000, 'cpu')
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+
+from secondpass.config import CacheSettings, ConnectionSettings, RerankSettings
+from secondpass.errors import ConfigurationError
+
+CONFIG_FILE_ENV = "SECONDPASS_SERVICE_CONFIG_FILE"
+
+# The config file is chosen at run time (a CLI flag), while pydantic-settings asks the
+# class for its sources; a context variable carries the path across without globals.
+_config_file: ContextVar[Path | None] = ContextVar("secondpass_service_config_file", default=None)
+
+
+class ServiceSettings(BaseSettings):
+    """Everything ``secondpass serve`` needs (env prefix ``SECONDPASS_SERVICE_``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SECONDPASS_SERVICE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # -- network ---------------------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="interface to listen on")
+    port: int = Field(default=8080, ge=0, le=65535, description="TCP port (0 picks a free one)")
+    log_level: str = Field(default="info", description="uvicorn log level")
+    access_log: bool = Field(default=False, description="log one line per request")
+
+    # -- request limits (each violation is a 4xx naming the field and the limit) --
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="largest request body in bytes (413 above it)"
+    )
+    max_documents: int = Field(
+        default=1000, ge=1, description="most documents (Cohere) or texts (TEI) in one request"
+    )
+    max_document_chars: int = Field(
+        default=32_000, ge=1, description="most characters in one document after field composition"
+    )
+    max_query_chars: int = Field(default=4_000, ge=1, description="most characters in a query")
+    max_top_n: int = Field(default=1000, ge=1, description="largest accepted top_n / k")
+    auto_truncate: bool = Field(
+        default=True,
+        description="TEI /rerank: cut over-long texts when the request leaves truncate unset",
+    )
+
+    # -- cross-request dynamic batching ---------------------------------------
+    batching: bool = Field(
+        default=True, description="mix pairs of concurrent requests in one forward pass"
+    )
+    max_batch_pairs: int = Field(
+        default=64, ge=1, description="most (query, passage) pairs per batch"
+    )
+    max_batch_tokens: int = Field(
+        default=16_384, ge=64, description="estimated token budget of one batch (chars/4 per pair)"
+    )
+    max_wait_ms: float = Field(
+        default=5.0,
+        ge=0,
+        description="longest a batch waits to fill before it runs, in milliseconds",
+    )
+    max_queue_pairs: int = Field(
+        default=8_192,
+        ge=1,
+        description="queue bound in pairs; a request that does not fit gets 429",
+    )
+    retry_after_s: int = Field(
+        default=1, ge=1, description="Retry-After seconds sent with 429 and 503"
+    )
+    request_timeout_ms: float = Field(
+        default=30_000, gt=0, description="a request still queued after this long is dropped (503)"
+    )
+
+    # -- search facade -----------------------------------------------------------
+    search_index: str | None = Field(
+        default=None, description="index /v1/search reads; /v1/search is off when unset"
+    )
+    search_fields: list[str] = Field(
+        default_factory=lambda: ["title", "text"],
+        description="text fields searched and read into the passage",
+    )
+    search_window: int = Field(
+        default=100, ge=1, description="first-stage hits fetched and reranked"
+    )
+
+    # -- lifecycle -----------------------------------------------------------------
+    shutdown_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="after SIGTERM, keep serving this long with /readyz at 503 before closing",
+    )
+    shutdown_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="longest in-flight requests may take to finish after SIGTERM",
+    )
+    readiness_probe_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="after a failed forward pass, /readyz re-tests at most this often",
+    )
+    engine_check_interval_s: float = Field(
+        default=5.0, gt=0, description="how long /readyz trusts its last engine reachability check"
+    )
+
+    # -- the library areas -----------------------------------------------------
+    rerank: RerankSettings = Field(default_factory=RerankSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    engine: ConnectionSettings = Field(default_factory=ConnectionSettings)
+
+    @field_validator("rerank", "cache", "engine", mode="before")
+    @classmethod
+    def _layer_area_env(cls, value: Any, info: Any) -> Any:
+        """Build a partial area from its dict so the area's own env vars fill the gaps.
+
+        Without this, ``--rerank-device cpu`` would silently drop
+        ``SECONDPASS_RERANK_MODEL``: pydantic would validate the dict alone.
+        """
+        if not isinstance(value, dict):
+            return value
+        area = {"rerank": RerankSettings, "cache": CacheSettings, "engine": ConnectionSettings}
+        return area[info.field_name](**value)
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> ServiceSettings:
+        if self.max_top_n > self.max_documents:
+            self.max_top_n = self.max_documents
+        return self
+
+    @property
+    def search_enabled(self) -> bool:
+        """Whether ``/v1/search`` is served (an index is configured)."""
+        return self.search_index is not None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Add the config file below the environment and above the defaults."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        path = _config_file.get()
+        if path is None and os.environ.get(CONFIG_FILE_ENV):
+            path = Path(os.environ[CONFIG_FILE_ENV])
+        if path is not None:
+            sources.append(_file_source(settings_cls, path))
+        sources.append(file_secret_settings)
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> ServiceSettings:
+        """Build settings from a config file, the environment and explicit overrides.
+
+        ``overrides`` win over everything (the CLI passes the flags it was given);
+        nested areas are dicts, e.g. ``rerank={"device": "cpu"}``.
+        """
+        path = Path(config_file) if config_file is not None else None
+        if path is not None and not path.is_file():
+            msg = f"config file {str(path)!r} does not exist"
+            raise ConfigurationError(msg)
+        token = _config_file.set(path)
+        try:
+            return cls(**overrides)
+        except ValueError as exc:
+            if isinstance(exc, ConfigurationError):
+                raise
+            msg = f"invalid service settings: {_summarise(exc)}"
+            raise ConfigurationError(msg) from exc
+        finally:
+            _config_file.reset(token)
+
+
+def _file_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSettingsSource:
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        msg = f"config file {str(path)!r} does not exist"
+        raise ConfigurationError(msg)
+    if suffix == ".toml":
+        return TomlConfigSettingsSource(settings_cls, toml_file=path)
+    if suffix == ".json":
+        return JsonConfigSettingsSource(settings_cls, json_file=path)
+    if suffix in (".yaml", ".yml"):
+        return YamlConfigSettingsSource(settings_cls, yaml_file=path)
+    msg = f"config file {str(path)!r}: unsupported format {suffix!r}; use .toml, .json or .yaml"
+    raise ConfigurationError(msg)
+
+
+def _summarise(exc: ValueError) -> str:
+    """One line per invalid setting, without echoing values (they may be secrets)."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc).splitlines()[0]
+    parts = []
+    for err in errors(include_input=False, include_url=False):
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{loc or 'settings'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)

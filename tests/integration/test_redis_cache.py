@@ -1,0 +1,252 @@
+"""RedisScoreCache against a real redis-server: sharing, TTL, auth and faults."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from pydantic import SecretStr
+from tests.fixtures.cache import CountingScorer
+
+from secondpass.config import CacheSettings
+from secondpass.pipeline.cache import RedisScoreCache, build_cache, cache_key, encode_score
+from secondpass.pipeline.cached_scoring import score_with_cache
+from secondpass.types import PassageScore
+
+pytestmark = pytest.mark.integration
+
+SCORE = PassageScore(raw=-2.25, normalized=0.095, tokens_in=700, tokens_scored=512, truncated=True)
+ITEMS = [
+    ("docs", "1", "cats purr and cats sleep"),
+    ("docs", "2", "dogs bark"),
+    ("news", "9", "cats in the news"),
+]
+PASSWORD = "pw-" + uuid.uuid4().hex  # unique, so finding it anywhere means it leaked
+
+
+@pytest.fixture
+def admin(redis_server: Any) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=10)
+    yield client
+    client.close()
+
+
+def _cache(redis_server: Any, prefix: str, **overrides: Any) -> RedisScoreCache:
+    options: dict[str, Any] = {
+        "url": redis_server.url,
+        "key_prefix": prefix,
+        "ttl_s": 600,
+        "timeout_s": 2.0,
+        "connect_timeout_s": 2.0,
+        "cooldown_s": 0.0,
+    }
+    options.update(overrides)
+    return RedisScoreCache(**options)
+
+
+def test_round_trip_stores_compact_json(
+    redis_cache: RedisScoreCache, admin: redis.Redis, redis_key_prefix: str
+) -> None:
+    key = cache_key("fp", "q", "docs", "1", "text")
+    assert redis_cache.get_many([key]) == {}
+    redis_cache.set_many({key: SCORE})
+    assert redis_cache.get_many([key, "absent"]) == {key: SCORE}
+    assert admin.get(redis_key_prefix + key) == encode_score(SCORE)
+    stats = redis_cache.stats.snapshot()
+    assert (stats["hits"], stats["misses"], stats["writes"], stats["errors"]) == (1, 2, 1, 0)
+
+
+def test_ttl_is_set_on_every_write(
+    redis_cache: RedisScoreCache, admin: redis.Redis, redis_key_prefix: str
+) -> None:
+    redis_cache.set_many({"a": SCORE, "b": SCORE})
+    for key in ("a", "b"):
+        ttl = admin.ttl(redis_key_prefix + key)
+        assert 0 < ttl <= 600
+
+
+def test_no_ttl_when_disabled(redis_server: Any, admin: redis.Redis, redis_key_prefix: str) -> None:
+    cache = _cache(redis_server, redis_key_prefix, ttl_s=None)
+    cache.set_many({"a": SCORE})
+    assert admin.ttl(redis_key_prefix + "a") == -1  # exists, no expiry
+    cache.close()
+
+
+def test_two_replicas_share_scores(redis_server: Any, redis_key_prefix: str) -> None:
+    replica_a, replica_b = (_cache(redis_server, redis_key_prefix) for _ in range(2))
+    scorer_a, scorer_b = CountingScorer(), CountingScorer()
+    first = score_with_cache(scorer_a, replica_a, "cats", ITEMS)
+    second = score_with_cache(scorer_b, replica_b, "cats", ITEMS)
+    assert scorer_a.passages_scored == 3
+    assert scorer_b.calls == []  # replica B never ran its model
+    assert second.hits == 3 and second.scores == first.scores
+    replica_a.close()
+    replica_b.close()
+
+
+def test_settings_build_a_working_redis_cache(redis_server: Any, redis_key_prefix: str) -> None:
+    cache = build_cache(
+        CacheSettings(
+            backend="redis", redis_url=redis_server.url, key_prefix=redis_key_prefix, ttl_s=60
+        )
+    )
+    cache.set_many({"k": SCORE})
+    assert cache.get_many(["k"]) == {"k": SCORE}
+    cache.close()
+
+
+def test_corrupt_value_is_a_counted_miss_then_repaired(
+    redis_cache: RedisScoreCache, admin: redis.Redis, redis_key_prefix: str
+) -> None:
+    scorer = CountingScorer()
+    key = cache_key(scorer.fingerprint, "cats", *ITEMS[0])
+    admin.set(redis_key_prefix + key, b'{"raw":NaN,"normalized":0.5}')
+    result = score_with_cache(scorer, redis_cache, "cats", ITEMS[:1])
+    assert result.misses == 1 and scorer.passages_scored == 1
+    stats = redis_cache.stats.snapshot()
+    assert stats["corrupt"] == 1 and stats["errors"] == 1
+    assert score_with_cache(scorer, redis_cache, "cats", ITEMS[:1]).hits == 1  # overwritten
+
+
+def test_concurrent_requests_share_the_pool(redis_server: Any, redis_key_prefix: str) -> None:
+    cache = _cache(redis_server, redis_key_prefix, max_connections=4)
+    failures: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            for i in range(50):
+                cache.set_many({f"{worker}:{i}": SCORE})
+                assert cache.get_many([f"{worker}:{i}"]) == {f"{worker}:{i}": SCORE}
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+    assert cache.stats.snapshot()["errors"] == 0
+    cache.close()
+
+
+# ------------------------------------------------------------------------ auth
+
+
+@pytest.fixture
+def acl_user(admin: redis.Redis, redis_key_prefix: str) -> Iterator[str]:
+    """A Redis user with a password, so auth is tested without touching the default user."""
+    name = "cache-" + uuid.uuid4().hex[:8]
+    admin.execute_command(
+        "ACL", "SETUSER", name, "on", f">{PASSWORD}", f"~{redis_key_prefix}*", "+@all"
+    )
+    yield name
+    admin.execute_command("ACL", "DELUSER", name)
+
+
+def _user_url(redis_server: Any, user: str) -> str:
+    return f"redis://{user}@127.0.0.1:{redis_server.port}/0"
+
+
+def test_password_auth_and_no_secret_in_logs(
+    redis_server: Any,
+    acl_user: str,
+    redis_key_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger, redis-py's included
+    good = _cache(
+        redis_server,
+        redis_key_prefix,
+        url=_user_url(redis_server, acl_user),
+        password=SecretStr(PASSWORD),
+    )
+    good.set_many({"k": SCORE})
+    assert good.get_many(["k"]) == {"k": SCORE}
+    assert good.stats.snapshot()["errors"] == 0
+
+    wrong = _cache(
+        redis_server,
+        redis_key_prefix,
+        url=_user_url(redis_server, acl_user),
+        password=SecretStr(PASSWORD + "-wrong"),
+    )
+    assert wrong.get_many(["k"]) == {}  # refused: a miss, not an exception
+    wrong.set_many({"k2": SCORE})
+    assert wrong.stats.snapshot()["errors"] == 2
+    assert any(r.levelname == "WARNING" and r.name == "secondpass.cache" for r in caplog.records)
+
+    for cache in (good, wrong):
+        assert PASSWORD not in repr(cache)
+        cache.close()
+    assert PASSWORD not in caplog.text
+    for record in caplog.records:
+        assert PASSWORD not in record.getMessage()
+        assert PASSWORD not in repr(record.args)
+
+
+def test_missing_password_is_a_miss(
+    redis_server: Any, acl_user: str, redis_key_prefix: str
+) -> None:
+    cache = _cache(redis_server, redis_key_prefix, url=_user_url(redis_server, acl_user))
+    assert cache.get_many(["k"]) == {}
+    assert cache.stats.snapshot()["errors"] == 1
+    cache.close()
+
+
+# ---------------------------------------------------------------------- faults
+
+
+def test_paused_redis_costs_misses_within_the_timeout(
+    redis_server: Any, admin: redis.Redis, redis_key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = _cache(redis_server, redis_key_prefix, timeout_s=0.2, connect_timeout_s=0.2)
+    scorer = CountingScorer()
+    score_with_cache(scorer, cache, "cats", ITEMS)  # warm: all three cached
+    assert score_with_cache(scorer, cache, "cats", ITEMS).hits == 3
+
+    pause_ms = 5000
+    admin.execute_command("CLIENT", "PAUSE", pause_ms, "ALL")
+    try:
+        with caplog.at_level(logging.WARNING, logger="secondpass.cache"):
+            started = time.monotonic()
+            during = score_with_cache(scorer, cache, "cats", ITEMS)
+            elapsed = time.monotonic() - started
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+    # Behaviour, not speed: the call gave up on Redis instead of waiting for it to resume.
+    assert elapsed < pause_ms / 1000
+    assert during.misses == 3 and scorer.passages_scored == 6  # scoring went on
+    assert [s.raw for s in during.scores] == [
+        s.raw for s in scorer.score("cats", [t for *_, t in ITEMS])
+    ]
+    assert cache.stats.snapshot()["errors"] >= 1
+    assert any("skipping Redis" in r.getMessage() for r in caplog.records)
+
+    after = score_with_cache(scorer, cache, "cats", ITEMS)  # cooldown 0: straight back
+    assert after.hits == 3
+    cache.close()
+
+
+def test_killed_redis_costs_misses_and_recovers(redis_server: Any, redis_key_prefix: str) -> None:
+    cache = _cache(redis_server, redis_key_prefix, timeout_s=0.5, connect_timeout_s=0.5)
+    scorer = CountingScorer()
+    score_with_cache(scorer, cache, "cats", ITEMS)
+    redis_server.stop()
+    try:
+        during = score_with_cache(scorer, cache, "cats", ITEMS)
+        assert during.misses == 3 and len(during.scores) == 3
+        assert scorer.passages_scored == 6
+        assert cache.stats.snapshot()["errors"] == 2  # lookup and write-back
+    finally:
+        redis_server.start()
+    # A fresh, empty Redis: the cache reconnects by itself and fills again.
+    assert score_with_cache(scorer, cache, "cats", ITEMS).misses == 3
+    assert score_with_cache(scorer, cache, "cats", ITEMS).hits == 3
+    cache.close()
