@@ -142,7 +142,7 @@ class RerankSettings(BaseSettings):
     cache_folder: str | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False
-    rank_by: Literal["raw", "normalized"] = "raw"
+    rank_by: Literal["normalized", "raw"] = "normalized"
     min_score: float | None = None
 
 

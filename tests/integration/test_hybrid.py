@@ -9,7 +9,6 @@ paged, degraded), not about relevance.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import uuid
@@ -183,7 +182,7 @@ def test_docs_example_runs(
     """docs/retriever.md, both blocks, against the real engine and the tiny model."""
     name, url = engine
     monkeypatch.setenv("SECONDPASS_ENGINE_ENGINE", name)
-    monkeypatch.setenv("SECONDPASS_ENGINE_HOSTS", json.dumps([url]))
+    monkeypatch.setenv("SECONDPASS_ENGINE_HOSTS", url)
     monkeypatch.setenv("SECONDPASS_RERANK_MODEL", str(tiny_cross_encoder_dir))
     monkeypatch.setenv("SECONDPASS_RERANK_DEVICE", "cpu")
     monkeypatch.setenv("SECONDPASS_RERANK_DTYPE", "float32")

@@ -17,6 +17,7 @@ from tests.fixtures.cache import CountingScorer
 from secondpass.config import CacheSettings
 from secondpass.pipeline.cache import RedisScoreCache, build_cache, cache_key, encode_score
 from secondpass.pipeline.cached_scoring import score_with_cache
+from secondpass.servers import LocalRedis
 from secondpass.types import PassageScore
 
 pytestmark = pytest.mark.integration
@@ -31,13 +32,13 @@ PASSWORD = "pw-" + uuid.uuid4().hex  # unique, so finding it anywhere means it l
 
 
 @pytest.fixture
-def admin(redis_server: Any) -> Iterator[redis.Redis]:
+def admin(redis_server: LocalRedis) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_server.url, socket_timeout=10)
     yield client
     client.close()
 
 
-def _cache(redis_server: Any, prefix: str, **overrides: Any) -> RedisScoreCache:
+def _cache(redis_server: LocalRedis, prefix: str, **overrides: Any) -> RedisScoreCache:
     options: dict[str, Any] = {
         "url": redis_server.url,
         "key_prefix": prefix,
@@ -71,14 +72,16 @@ def test_ttl_is_set_on_every_write(
         assert 0 < ttl <= 600
 
 
-def test_no_ttl_when_disabled(redis_server: Any, admin: redis.Redis, redis_key_prefix: str) -> None:
+def test_no_ttl_when_disabled(
+    redis_server: LocalRedis, admin: redis.Redis, redis_key_prefix: str
+) -> None:
     cache = _cache(redis_server, redis_key_prefix, ttl_s=None)
     cache.set_many({"a": SCORE})
     assert admin.ttl(redis_key_prefix + "a") == -1  # exists, no expiry
     cache.close()
 
 
-def test_two_replicas_share_scores(redis_server: Any, redis_key_prefix: str) -> None:
+def test_two_replicas_share_scores(redis_server: LocalRedis, redis_key_prefix: str) -> None:
     replica_a, replica_b = (_cache(redis_server, redis_key_prefix) for _ in range(2))
     scorer_a, scorer_b = CountingScorer(), CountingScorer()
     first = score_with_cache(scorer_a, replica_a, "cats", ITEMS)
@@ -90,7 +93,9 @@ def test_two_replicas_share_scores(redis_server: Any, redis_key_prefix: str) -> 
     replica_b.close()
 
 
-def test_settings_build_a_working_redis_cache(redis_server: Any, redis_key_prefix: str) -> None:
+def test_settings_build_a_working_redis_cache(
+    redis_server: LocalRedis, redis_key_prefix: str
+) -> None:
     cache = build_cache(
         CacheSettings(
             backend="redis", redis_url=redis_server.url, key_prefix=redis_key_prefix, ttl_s=60
@@ -114,7 +119,9 @@ def test_corrupt_value_is_a_counted_miss_then_repaired(
     assert score_with_cache(scorer, redis_cache, "cats", ITEMS[:1]).hits == 1  # overwritten
 
 
-def test_concurrent_requests_share_the_pool(redis_server: Any, redis_key_prefix: str) -> None:
+def test_concurrent_requests_share_the_pool(
+    redis_server: LocalRedis, redis_key_prefix: str
+) -> None:
     cache = _cache(redis_server, redis_key_prefix, max_connections=4)
     failures: list[BaseException] = []
 
@@ -139,44 +146,24 @@ def test_concurrent_requests_share_the_pool(redis_server: Any, redis_key_prefix:
 # ------------------------------------------------------------------------ auth
 
 
-@pytest.fixture
-def acl_user(admin: redis.Redis, redis_key_prefix: str) -> Iterator[str]:
-    """A Redis user with a password, so auth is tested without touching the default user."""
-    name = "cache-" + uuid.uuid4().hex[:8]
-    admin.execute_command(
-        "ACL", "SETUSER", name, "on", f">{PASSWORD}", f"~{redis_key_prefix}*", "+@all"
-    )
-    yield name
-    admin.execute_command("ACL", "DELUSER", name)
-
-
-def _user_url(redis_server: Any, user: str) -> str:
-    return f"redis://{user}@127.0.0.1:{redis_server.port}/0"
+@pytest.fixture(scope="module")
+def password_redis() -> Iterator[LocalRedis]:
+    """A second redis-server with ``requirepass`` (the session one has no password)."""
+    server = LocalRedis(password=PASSWORD).start()
+    yield server
+    server.close()
 
 
 def test_password_auth_and_no_secret_in_logs(
-    redis_server: Any,
-    acl_user: str,
-    redis_key_prefix: str,
-    caplog: pytest.LogCaptureFixture,
+    password_redis: LocalRedis, redis_key_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)  # every logger, redis-py's included
-    good = _cache(
-        redis_server,
-        redis_key_prefix,
-        url=_user_url(redis_server, acl_user),
-        password=SecretStr(PASSWORD),
-    )
+    good = _cache(password_redis, redis_key_prefix, password=SecretStr(PASSWORD))
     good.set_many({"k": SCORE})
     assert good.get_many(["k"]) == {"k": SCORE}
     assert good.stats.snapshot()["errors"] == 0
 
-    wrong = _cache(
-        redis_server,
-        redis_key_prefix,
-        url=_user_url(redis_server, acl_user),
-        password=SecretStr(PASSWORD + "-wrong"),
-    )
+    wrong = _cache(password_redis, redis_key_prefix, password=SecretStr(PASSWORD + "-wrong"))
     assert wrong.get_many(["k"]) == {}  # refused: a miss, not an exception
     wrong.set_many({"k2": SCORE})
     assert wrong.stats.snapshot()["errors"] == 2
@@ -191,41 +178,67 @@ def test_password_auth_and_no_secret_in_logs(
         assert PASSWORD not in repr(record.args)
 
 
-def test_missing_password_is_a_miss(
-    redis_server: Any, acl_user: str, redis_key_prefix: str
-) -> None:
-    cache = _cache(redis_server, redis_key_prefix, url=_user_url(redis_server, acl_user))
+def test_missing_password_is_a_miss(password_redis: LocalRedis, redis_key_prefix: str) -> None:
+    cache = _cache(password_redis, redis_key_prefix)
     assert cache.get_many(["k"]) == {}
     assert cache.stats.snapshot()["errors"] == 1
     cache.close()
 
 
+def test_acl_user_with_password(
+    redis_server: LocalRedis, admin: redis.Redis, redis_key_prefix: str
+) -> None:
+    user = "cache-" + uuid.uuid4().hex[:8]
+    admin.execute_command(
+        "ACL", "SETUSER", user, "on", f">{PASSWORD}", f"~{redis_key_prefix}*", "+@all"
+    )
+    try:
+        url = f"redis://{user}@127.0.0.1:{redis_server.port}/0"
+        cache = _cache(redis_server, redis_key_prefix, url=url, password=SecretStr(PASSWORD))
+        cache.set_many({"k": SCORE})
+        assert cache.get_many(["k"]) == {"k": SCORE}
+        assert PASSWORD not in repr(cache) and user not in repr(cache)
+        cache.close()
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)
+
+
 # ---------------------------------------------------------------------- faults
 
 
+@pytest.mark.parametrize("how", ["sigstop", "client-pause"])
 def test_paused_redis_costs_misses_within_the_timeout(
-    redis_server: Any, admin: redis.Redis, redis_key_prefix: str, caplog: pytest.LogCaptureFixture
+    how: str,
+    redis_server: LocalRedis,
+    admin: redis.Redis,
+    redis_key_prefix: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     cache = _cache(redis_server, redis_key_prefix, timeout_s=0.2, connect_timeout_s=0.2)
     scorer = CountingScorer()
     score_with_cache(scorer, cache, "cats", ITEMS)  # warm: all three cached
     assert score_with_cache(scorer, cache, "cats", ITEMS).hits == 3
 
-    pause_ms = 5000
-    admin.execute_command("CLIENT", "PAUSE", pause_ms, "ALL")
+    pause_s = 2.5  # CLIENT UNPAUSE itself waits for the pause to end
+    if how == "sigstop":
+        redis_server.pause()  # the process is frozen; the kernel still accepts connections
+    else:
+        admin.execute_command("CLIENT", "PAUSE", int(pause_s * 1000), "ALL")
     try:
         with caplog.at_level(logging.WARNING, logger="secondpass.cache"):
             started = time.monotonic()
             during = score_with_cache(scorer, cache, "cats", ITEMS)
             elapsed = time.monotonic() - started
     finally:
-        admin.execute_command("CLIENT", "UNPAUSE")
-    # Behaviour, not speed: the call gave up on Redis instead of waiting for it to resume.
-    assert elapsed < pause_ms / 1000
+        if how == "sigstop":
+            redis_server.resume()
+        else:
+            admin.execute_command("CLIENT", "UNPAUSE")
+    # Behaviour, not speed: the call gave up on Redis instead of waiting for it to come back.
+    assert elapsed < pause_s
     assert during.misses == 3 and scorer.passages_scored == 6  # scoring went on
-    assert [s.raw for s in during.scores] == [
-        s.raw for s in scorer.score("cats", [t for *_, t in ITEMS])
-    ]
+    direct = scorer.score("cats", [text for *_, text in ITEMS])
+    assert list(during.scores) == direct
     assert cache.stats.snapshot()["errors"] >= 1
     assert any("skipping Redis" in r.getMessage() for r in caplog.records)
 
@@ -234,11 +247,13 @@ def test_paused_redis_costs_misses_within_the_timeout(
     cache.close()
 
 
-def test_killed_redis_costs_misses_and_recovers(redis_server: Any, redis_key_prefix: str) -> None:
+def test_killed_redis_costs_misses_and_recovers(
+    redis_server: LocalRedis, redis_key_prefix: str
+) -> None:
     cache = _cache(redis_server, redis_key_prefix, timeout_s=0.5, connect_timeout_s=0.5)
     scorer = CountingScorer()
     score_with_cache(scorer, cache, "cats", ITEMS)
-    redis_server.stop()
+    redis_server.kill()  # a crash: no goodbye to open connections
     try:
         during = score_with_cache(scorer, cache, "cats", ITEMS)
         assert during.misses == 3 and len(during.scores) == 3

@@ -1,1 +1,1 @@
-"""Helpers shared by tests and benchmarks (no pytest fixtures here)."""
+"""Test helpers that are not fixtures (fault-injection proxy, ...)."""

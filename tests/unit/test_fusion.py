@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secondpass.errors import ConfigurationError
+from secondpass.pipeline.first_stage import HybridStage
 from secondpass.pipeline.fusion import RRF_K, linear_fusion, reciprocal_rank_fusion
-from secondpass.types import Hit
+from secondpass.types import Hit, KnnQuery, SearchRequest
 
 
 def ranked(ids: list[str], *, index: str = "i", scores: list[float] | None = None) -> list[Hit]:
@@ -115,3 +116,70 @@ def test_fusion_properties(lists: list[list[Hit]], use_rrf: bool) -> None:
     # a pure function: same input, same output, inputs untouched
     again = reciprocal_rank_fusion(lists) if use_rrf else linear_fusion(lists)
     assert again == fused
+
+
+# ------------------------------------------------------------ HybridStage
+
+
+class TwoListConnector:
+    """A Connector with a fixed lexical and a fixed dense ranking; records requests."""
+
+    def __init__(self, lexical: list[str], dense: list[str]) -> None:
+        self.lists = {"lexical": lexical, "dense": dense}
+        self.requests: list[SearchRequest] = []
+
+    def search(self, request: SearchRequest) -> list[Hit]:
+        self.requests.append(request)
+        ids = self.lists["dense" if request.knn is not None else "lexical"]
+        return ranked(ids[: request.size])
+
+    def close(self) -> None:
+        pass
+
+
+class FixedEncoder:
+    dimension = 3
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def encode(self, texts):  # type: ignore[no-untyped-def]
+        self.seen.extend(texts)
+        return [[0.6, 0.8, 0.0] for _ in texts]
+
+
+def test_hybrid_stage_issues_bm25_and_knn_and_fuses() -> None:
+    connector = TwoListConnector(["a", "b", "c"], ["c", "d", "a"])
+    encoder = FixedEncoder()
+    stage = HybridStage(connector, encoder, "embedding", depth=10)
+    fused = stage.retrieve("cats", size=3, filters=[{"term": {"lang": "en"}}])
+    lexical_req, dense_req = connector.requests
+    assert lexical_req.knn is None and lexical_req.query == "cats" and lexical_req.size == 10
+    assert dense_req.knn == KnnQuery(field="embedding", vector=(0.6, 0.8, 0.0), k=10, num_candidates=20)
+    assert lexical_req.filters == dense_req.filters == ({"term": {"lang": "en"}},)
+    assert dense_req.body is None
+    assert encoder.seen == ["cats"]
+    assert [h.id for h in fused] == ["a", "c", "b"]  # d fused 4th, cut by size
+
+
+def test_hybrid_stage_order_does_not_depend_on_size() -> None:
+    lexical = [f"l{i}" for i in range(30)] + ["x"]
+    dense = ["x"] + [f"d{i}" for i in range(30)]
+    stage = HybridStage(TwoListConnector(lexical, dense), FixedEncoder(), "v", fusion="linear", depth=40)
+    big = stage.retrieve("q", size=40)
+    for size in (1, 5, 17):
+        assert stage.retrieve("q", size=size) == big[:size]
+
+
+async def test_hybrid_stage_async_matches_sync() -> None:
+    stage = HybridStage(TwoListConnector(["a", "b"], ["b", "c"]), FixedEncoder(), "v")
+    assert await stage.aretrieve("q", size=3) == stage.retrieve("q", size=3)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"fusion": "max"}, {"alpha": 1.5}, {"vector_field": ""}, {"depth": 0}]
+)
+def test_hybrid_stage_rejects_bad_settings(kwargs: dict[str, object]) -> None:
+    args: dict[str, object] = {"vector_field": "v", **kwargs}
+    with pytest.raises(ConfigurationError):
+        HybridStage(TwoListConnector([], []), FixedEncoder(), **args)  # type: ignore[arg-type]

@@ -61,7 +61,9 @@ def test_patterns_need_an_explicit_opt_in(name: str) -> None:
     assert validate_index_name(name, allow_patterns=True) == name
 
 
-@pytest.mark.parametrize("name", ["a/b,c", "Logs-*", "a,,b", "-", "a b*", "logs-*,_x", "x" * 256 + ",a"])
+@pytest.mark.parametrize(
+    "name", ["a/b,c", "Logs-*", "a,,b", "-", "a b*", "logs-*,_x", "x" * 256 + ",a"]
+)
 def test_patterns_still_obey_the_character_rules(name: str) -> None:
     with pytest.raises(InvalidIndexNameError):
         validate_index_name(name, allow_patterns=True)
@@ -85,13 +87,17 @@ def test_connectors_refuse_bad_names_at_construction(cls: type) -> None:
     # An unroutable host: if construction tried to connect, this would hang or fail differently.
     with pytest.raises(InvalidIndexNameError):
         cls(index="logs-*", fields=["body"], hosts=["http://192.0.2.1:9"])
-    connector = cls(index="logs-*", fields=["body"], hosts=["http://192.0.2.1:9"], allow_index_patterns=True)
+    connector = cls(
+        index="logs-*", fields=["body"], hosts=["http://192.0.2.1:9"], allow_index_patterns=True
+    )
     assert connector.indices == ("logs-*",)
 
 
 @pytest.mark.parametrize("cls", [ElasticsearchConnector, OpenSearchConnector])
 def test_admin_operations_need_one_concrete_index(cls: type) -> None:
-    connector = cls(index="logs-*", fields=["body"], hosts=["http://192.0.2.1:9"], allow_index_patterns=True)
+    connector = cls(
+        index="logs-*", fields=["body"], hosts=["http://192.0.2.1:9"], allow_index_patterns=True
+    )
     with pytest.raises(InvalidIndexNameError):
         connector.delete_index()
     several = cls(index=["a", "b"], fields=["body"], hosts=["http://192.0.2.1:9"])

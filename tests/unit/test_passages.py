@@ -44,7 +44,7 @@ def test_chunk_windows_fit_overlap_and_cover(query: int, passage: int, budget: i
     for start, end in plan.windows:
         assert 0 <= start < end <= passage or passage == 0
         assert plan.query_keep + (end - start) <= budget
-    for (_, end_a), (start_b, _) in zip(plan.windows, plan.windows[1:]):
+    for (_, end_a), (start_b, _) in zip(plan.windows, plan.windows[1:], strict=False):
         assert (start_b < end_a) if overlap else (start_b == end_a)
     covered_to = plan.windows[-1][1]
     assert plan.truncated == (covered_to < passage)
@@ -103,8 +103,9 @@ def test_whitespace_truncator_keeps_original_spacing() -> None:
 
 
 def test_bound_template_budgets_count_model_tokens(tiny_cross_encoder_dir) -> None:
-    from secondpass.pipeline.scorer import CrossEncoderScorer
     from transformers import AutoTokenizer
+
+    from secondpass.pipeline.scorer import CrossEncoderScorer
 
     scorer = CrossEncoderScorer(model=str(tiny_cross_encoder_dir), device="cpu", dtype="float32")
     template = scorer.bind_template(PassageTemplate(fields=("title", "text"), budgets={"title": 5, "text": 40}))

@@ -111,6 +111,7 @@ def make_client(upstream: Upstream, scorer: NumberScorer | None = None, **settin
         upstream=UPSTREAM,
         window=10,
         indices={"docs": {"fields": ["title", "body"], "template": "{body}"}},
+        rerank={"rank_by": "raw"},
         **settings,  # type: ignore[arg-type]
     )
     proxy = RerankProxy(config, scorer=scorer or NumberScorer(), transport=httpx.MockTransport(upstream))
@@ -132,8 +133,8 @@ async def test_search_is_reranked_over_the_window_and_cut_to_the_page() -> None:
     assert upstream.requests[0].url.query == b"typed_keys=true"
     body = response.json()
     assert [h["_id"] for h in body["hits"]["hits"]] == ["7", "6", "5"]  # window 0..9 reversed, page 2..4
-    assert [h["_score"] for h in body["hits"]["hits"]] == [0.007, 0.006, 0.005]
-    assert body["hits"]["max_score"] == 0.009
+    assert [h["_score"] for h in body["hits"]["hits"]] == [7.0, 6.0, 5.0]  # rerank.rank_by: raw
+    assert body["hits"]["max_score"] == 9.0
     assert body["hits"]["total"] == {"value": 30, "relation": "eq"}
     assert body["aggregations"] == {"n": {"value": 30}}
     assert body["took"] >= 4
@@ -141,6 +142,9 @@ async def test_search_is_reranked_over_the_window_and_cut_to_the_page() -> None:
         "_secondpass.first_stage_score": [93.0], "_secondpass.first_stage_rank": [8]
     }  # fmt: skip
     assert int(response.headers["content-length"]) == len(response.content)
+    timing = dict(part.strip().split(";dur=") for part in response.headers["server-timing"].split(","))
+    assert set(timing) == {"engine", "rerank", "total"}
+    assert float(timing["total"]) + 0.2 >= float(timing["engine"]) + float(timing["rerank"])  # 0.1 ms rounding
 
 
 async def test_non_search_requests_pass_through_byte_for_byte() -> None:

@@ -52,7 +52,9 @@ def test_lexical_body_is_multi_match_with_boosts_filters_size_source_and_timeout
     assert body == {
         "query": {
             "bool": {
-                "must": [{"multi_match": {"query": "cats and dogs", "fields": ["title^2", "body"]}}],
+                "must": [
+                    {"multi_match": {"query": "cats and dogs", "fields": ["title^2", "body"]}}
+                ],
                 "filter": [FILTER],
             }
         },
@@ -74,15 +76,35 @@ def test_user_text_is_only_ever_a_multi_match_value(text: str) -> None:
     body = lexical_body(SearchRequest(text, filters=[FILTER]), fields=["title^2", "body"])
     serialised = json.dumps(body)
     assert "query_string" not in serialised
-    if text not in {"", "must", "bool", "filter", "query", "fields", "body", "title^2", "size", "_source", "lang", "en", "term", "multi_match", "track_total_hits"}:
+    if text not in {
+        "",
+        "must",
+        "bool",
+        "filter",
+        "query",
+        "fields",
+        "body",
+        "title^2",
+        "size",
+        "_source",
+        "lang",
+        "en",
+        "term",
+        "multi_match",
+        "track_total_hits",
+    }:
         assert _paths_of(body, text) == ["/query/bool/must/0/multi_match/query"]
     assert body["query"]["bool"]["must"][0]["multi_match"]["query"] == text
 
 
-@pytest.mark.parametrize("hostile", ['title:secret OR *', '{"match_all": {}}', "a AND (b OR c)~2 ^9"])
+@pytest.mark.parametrize(
+    "hostile", ["title:secret OR *", '{"match_all": {}}', "a AND (b OR c)~2 ^9"]
+)
 def test_query_syntax_in_user_text_is_not_interpreted(hostile: str) -> None:
     body = lexical_body(SearchRequest(hostile), fields=["body"])
-    assert body["query"]["bool"]["must"] == [{"multi_match": {"query": hostile, "fields": ["body"]}}]
+    assert body["query"]["bool"]["must"] == [
+        {"multi_match": {"query": hostile, "fields": ["body"]}}
+    ]
 
 
 def test_non_string_query_is_refused() -> None:
@@ -102,9 +124,23 @@ def test_filters_must_be_clauses() -> None:
 
 
 def test_complete_caller_body_keeps_everything_but_size_and_source() -> None:
-    given_body = {"query": {"match": {"body": "x"}}, "sort": ["_score"], "size": 3, "_source": False, "timeout": "5s"}
-    body = caller_body(SearchRequest("rerank me", size=20, body=given_body), source=True, timeout="1s")
-    assert body == {"query": {"match": {"body": "x"}}, "sort": ["_score"], "size": 20, "_source": True, "timeout": "5s"}
+    given_body = {
+        "query": {"match": {"body": "x"}},
+        "sort": ["_score"],
+        "size": 3,
+        "_source": False,
+        "timeout": "5s",
+    }
+    body = caller_body(
+        SearchRequest("rerank me", size=20, body=given_body), source=True, timeout="1s"
+    )
+    assert body == {
+        "query": {"match": {"body": "x"}},
+        "sort": ["_score"],
+        "size": 20,
+        "_source": True,
+        "timeout": "5s",
+    }
     assert given_body["size"] == 3  # the caller's mapping is not modified
 
 
@@ -126,10 +162,16 @@ def test_body_and_knn_together_are_refused() -> None:
 
 
 def test_elasticsearch_knn_is_top_level_with_filter_list() -> None:
-    request = SearchRequest("q", size=10, filters=[FILTER], knn=KnnQuery("vec", (0.5, 1), k=10, num_candidates=50))
+    request = SearchRequest(
+        "q", size=10, filters=[FILTER], knn=KnnQuery("vec", (0.5, 1), k=10, num_candidates=50)
+    )
     body = knn_body(request, engine="elasticsearch")
     assert body["knn"] == {
-        "field": "vec", "query_vector": [0.5, 1.0], "k": 10, "num_candidates": 50, "filter": [FILTER],
+        "field": "vec",
+        "query_vector": [0.5, 1.0],
+        "k": 10,
+        "num_candidates": 50,
+        "filter": [FILTER],
     }
     assert "query" not in body
     assert body["size"] == 10
@@ -158,13 +200,19 @@ def test_bad_knn_requests_are_refused(knn: KnnQuery, match: str) -> None:
 
 
 def test_search_body_dispatches_and_uses_source_filter_and_timeout() -> None:
-    args = {"engine": "elasticsearch", "fields": ["title^3", "body"], "text_fields": ["title", "body"]}
+    args = {
+        "engine": "elasticsearch",
+        "fields": ["title^3", "body"],
+        "text_fields": ["title", "body"],
+    }
     lexical = search_body(SearchRequest("q"), source_includes=["url"], timeout_s=2.5, **args)  # type: ignore[arg-type]
     assert lexical["_source"] == {"includes": ["body", "title", "url"]}
     assert lexical["timeout"] == "2500ms"
     assert "multi_match" in json.dumps(lexical)
     assert "knn" in search_body(SearchRequest("q", knn=KnnQuery("v", (1.0,))), **args)  # type: ignore[arg-type]
-    assert search_body(SearchRequest("q", body={"term": {"a": 1}}), **args)["query"] == {"term": {"a": 1}}  # type: ignore[arg-type]
+    assert search_body(SearchRequest("q", body={"term": {"a": 1}}), **args)["query"] == {
+        "term": {"a": 1}
+    }  # type: ignore[arg-type]
 
 
 def test_source_filter_and_timeout_formatting() -> None:
@@ -176,18 +224,27 @@ def test_source_filter_and_timeout_formatting() -> None:
 
 def test_extract_fields_reads_dotted_paths_lists_and_missing_fields() -> None:
     source = {"title": "Cats", "n": 3, "meta": {"tags": ["a", None, "b"]}, "dotted.key": "flat"}
-    assert extract_fields(source, ["title", "n", "meta.tags", "dotted.key", "absent", "meta.none"]) == {
-        "title": "Cats", "n": "3", "meta.tags": "a b", "dotted.key": "flat", "absent": "", "meta.none": "",
+    assert extract_fields(
+        source, ["title", "n", "meta.tags", "dotted.key", "absent", "meta.none"]
+    ) == {
+        "title": "Cats",
+        "n": "3",
+        "meta.tags": "a b",
+        "dotted.key": "flat",
+        "absent": "",
+        "meta.none": "",
     }
 
 
 def test_hits_keep_engine_order_with_one_based_ranks(caplog: pytest.LogCaptureFixture) -> None:
     response = {
         "timed_out": True,
-        "hits": {"hits": [
-            {"_index": "docs", "_id": "b", "_score": 2.0, "_source": {"title": "B", "x": 1}},
-            {"_index": "docs", "_id": 7, "_score": None, "_source": {"title": "A"}},
-        ]},
+        "hits": {
+            "hits": [
+                {"_index": "docs", "_id": "b", "_score": 2.0, "_source": {"title": "B", "x": 1}},
+                {"_index": "docs", "_id": 7, "_score": None, "_source": {"title": "A"}},
+            ]
+        },
     }
     hits = hits_from_response(response, ["title"])
     assert [(h.id, h.rank, h.score) for h in hits] == [("b", 1, 2.0), ("7", 2, None)]
@@ -197,26 +254,51 @@ def test_hits_keep_engine_order_with_one_based_ranks(caplog: pytest.LogCaptureFi
 
 
 def test_index_body_elasticsearch_dense_vector() -> None:
-    body = index_body(engine="elasticsearch", text_fields=["title"], keyword_fields=["lang"], vector_field="vec", dims=4)
-    assert body == {"mappings": {"properties": {
-        "title": {"type": "text"},
-        "lang": {"type": "keyword"},
-        "vec": {"type": "dense_vector", "dims": 4, "index": True, "similarity": "cosine"},
-    }}}
+    body = index_body(
+        engine="elasticsearch",
+        text_fields=["title"],
+        keyword_fields=["lang"],
+        vector_field="vec",
+        dims=4,
+    )
+    assert body == {
+        "mappings": {
+            "properties": {
+                "title": {"type": "text"},
+                "lang": {"type": "keyword"},
+                "vec": {"type": "dense_vector", "dims": 4, "index": True, "similarity": "cosine"},
+            }
+        }
+    }
 
 
 def test_index_body_opensearch_knn_vector() -> None:
-    body = index_body(engine="opensearch", text_fields=["title"], vector_field="vec", dims=4, similarity="dot_product")
+    body = index_body(
+        engine="opensearch",
+        text_fields=["title"],
+        vector_field="vec",
+        dims=4,
+        similarity="dot_product",
+    )
     assert body["settings"] == {"index": {"knn": True}}
     assert body["mappings"]["properties"]["vec"] == {
-        "type": "knn_vector", "dimension": 4,
+        "type": "knn_vector",
+        "dimension": 4,
         "method": {"name": "hnsw", "engine": "lucene", "space_type": "innerproduct"},
     }
 
 
 def test_index_body_without_vectors_and_bad_vector_settings() -> None:
-    assert index_body(engine="opensearch", text_fields=["t"]) == {"mappings": {"properties": {"t": {"type": "text"}}}}
+    assert index_body(engine="opensearch", text_fields=["t"]) == {
+        "mappings": {"properties": {"t": {"type": "text"}}}
+    }
     with pytest.raises(ConfigurationError, match="dims"):
         index_body(engine="opensearch", text_fields=["t"], vector_field="v")
     with pytest.raises(ConfigurationError, match="similarity"):
-        index_body(engine="elasticsearch", text_fields=["t"], vector_field="v", dims=3, similarity="hamming")
+        index_body(
+            engine="elasticsearch",
+            text_fields=["t"],
+            vector_field="v",
+            dims=3,
+            similarity="hamming",
+        )

@@ -40,15 +40,20 @@ SEARCH_OK = {
     "took": 1,
     "timed_out": False,
     "_shards": {"total": 1, "successful": 1, "failed": 0},
-    "hits": {"hits": [
-        {"_index": "docs", "_id": "1", "_score": 2.5, "_source": {"title": "one"}},
-        {"_index": "docs", "_id": "2", "_score": 1.5, "_source": {"title": "two"}},
-    ]},
+    "hits": {
+        "hits": [
+            {"_index": "docs", "_id": "1", "_score": 2.5, "_source": {"title": "one"}},
+            {"_index": "docs", "_id": "2", "_score": 1.5, "_source": {"title": "two"}},
+        ]
+    },
 }
 
 
 def _error(status: int, kind: str, reason: str) -> dict[str, Any]:
-    return {"error": {"root_cause": [{"type": kind, "reason": reason}], "type": kind, "reason": reason}, "status": status}
+    return {
+        "error": {"root_cause": [{"type": kind, "reason": reason}], "type": kind, "reason": reason},
+        "status": status,
+    }
 
 
 @dataclass
@@ -132,11 +137,17 @@ def _connector(engine_name: str, url: str, **kwargs: Any) -> Any:
 def test_success_returns_hits_in_engine_order(stub: StubEngine, engine_name: str) -> None:
     with _connector(engine_name, stub.url) as connector:
         hits = connector.search(SearchRequest("one"))
-    assert [(h.id, h.rank, h.score, h.fields["title"]) for h in hits] == [("1", 1, 2.5, "one"), ("2", 2, 1.5, "two")]
+    assert [(h.id, h.rank, h.score, h.fields["title"]) for h in hits] == [
+        ("1", 1, 2.5, "one"),
+        ("2", 2, 1.5, "two"),
+    ]
     method, path, _, payload = stub.requests[0]
     assert (method, path.split("?")[0]) == ("POST", "/docs/_search")
     sent = json.loads(payload)
-    assert sent["query"]["bool"]["must"][0]["multi_match"] == {"query": "one", "fields": ["title^2", "body"]}
+    assert sent["query"]["bool"]["must"][0]["multi_match"] == {
+        "query": "one",
+        "fields": ["title^2", "body"],
+    }
     assert sent["size"] == 100
     assert sent["timeout"] == "2000ms"
 
@@ -177,7 +188,9 @@ def test_other_errors_are_not_retried_and_carry_status_and_reason(
     assert info.value.__cause__ is not None  # the client's exception, kept for debugging
 
 
-def test_persistent_failure_gives_up_after_max_attempts_with_a_chained_error(stub: StubEngine, engine_name: str) -> None:
+def test_persistent_failure_gives_up_after_max_attempts_with_a_chained_error(
+    stub: StubEngine, engine_name: str
+) -> None:
     stub.script = [Reply(503, _error(503, "unavailable", "shards not ready"))] * 10
     with pytest.raises(BackendUnavailableError) as info:
         _connector(engine_name, stub.url, max_attempts=3).search(SearchRequest("one"))
@@ -185,11 +198,17 @@ def test_persistent_failure_gives_up_after_max_attempts_with_a_chained_error(stu
     assert "gave up after 3 attempt(s)" in str(info.value)
     last = info.value.__cause__
     assert isinstance(last, BackendUnavailableError) and "HTTP 503" in str(last)
-    assert last.__cause__ is not None and type(last.__cause__).__module__.split(".")[0] in {"elasticsearch", "opensearchpy"}
+    assert last.__cause__ is not None and type(last.__cause__).__module__.split(".")[0] in {
+        "elasticsearch",
+        "opensearchpy",
+    }
 
 
 def test_the_clients_do_not_retry_on_their_own(stub: StubEngine, engine_name: str) -> None:
-    stub.script = [Reply(503, _error(503, "unavailable", "x")), Reply(502, _error(502, "bad_gateway", "x"))]
+    stub.script = [
+        Reply(503, _error(503, "unavailable", "x")),
+        Reply(502, _error(502, "bad_gateway", "x")),
+    ]
     with pytest.raises(BackendUnavailableError):
         _connector(engine_name, stub.url, max_attempts=1).search(SearchRequest("one"))
     assert len(stub.requests) == 1
@@ -202,17 +221,25 @@ def test_timeouts_are_retried(stub: StubEngine, engine_name: str) -> None:
     assert len(stub.requests) == 2
 
 
-def test_timeout_that_persists_becomes_backend_unavailable(stub: StubEngine, engine_name: str) -> None:
+def test_timeout_that_persists_becomes_backend_unavailable(
+    stub: StubEngine, engine_name: str
+) -> None:
     stub.script = [Reply(delay_s=1.0)] * 3
     with pytest.raises(BackendUnavailableError, match="timed out"):
-        _connector(engine_name, stub.url, request_timeout_s=0.2, max_attempts=2).search(SearchRequest("one"))
+        _connector(engine_name, stub.url, request_timeout_s=0.2, max_attempts=2).search(
+            SearchRequest("one")
+        )
     assert len(stub.requests) == 2
 
 
 def test_unreachable_port_is_backend_unavailable_within_the_deadline(engine_name: str) -> None:
     connector = _connector(
-        engine_name, f"http://127.0.0.1:{_closed_port()}", max_attempts=1000, deadline_s=1.0,
-        initial_backoff_s=0.05, max_backoff_s=0.2,
+        engine_name,
+        f"http://127.0.0.1:{_closed_port()}",
+        max_attempts=1000,
+        deadline_s=1.0,
+        initial_backoff_s=0.05,
+        max_backoff_s=0.2,
     )
     started = time.monotonic()
     with pytest.raises(BackendUnavailableError, match="connection refused") as info:
@@ -237,7 +264,9 @@ def test_construction_does_no_io(engine_name: str) -> None:
         assert all(c._client is None for c in connectors)
         with pytest.raises(BackendUnavailableError):
             # the first call does connect (and the listener never answers)
-            _connector(engine_name, url, request_timeout_s=0.2, max_attempts=1).search(SearchRequest("x"))
+            _connector(engine_name, url, request_timeout_s=0.2, max_attempts=1).search(
+                SearchRequest("x")
+            )
         readable, _, _ = select.select([listener], [], [], 1.0)
         assert readable == [listener]
     finally:
@@ -267,8 +296,12 @@ async def test_async_query_errors_are_typed(stub: StubEngine, engine_name: str) 
 
 
 def test_elasticsearch_media_types_suit_8x_and_9x_servers(stub: StubEngine) -> None:
-    ElasticsearchConnector(index="docs", fields=["title"], hosts=[stub.url]).search(SearchRequest("a"))
-    ElasticsearchConnector(index="docs", fields=["title"], hosts=[stub.url], compatible_with=8).search(SearchRequest("a"))
+    ElasticsearchConnector(index="docs", fields=["title"], hosts=[stub.url]).search(
+        SearchRequest("a")
+    )
+    ElasticsearchConnector(
+        index="docs", fields=["title"], hosts=[stub.url], compatible_with=8
+    ).search(SearchRequest("a"))
     plain, pinned = (r[2] for r in stub.requests)
     lower = [{k.lower(): v for k, v in h.items()} for h in (plain, pinned)]
     assert lower[0]["accept"] == "application/json"
@@ -296,14 +329,28 @@ def test_secrets_never_reach_logs_reprs_or_errors(
         "basic-in-url": {},
         "api_key": {"api_key": API_KEY},
     }[auth]
-    url = stub.url.replace("http://", f"http://elastic:{SECRET}@") if auth == "basic-in-url" else stub.url
-    stub.script = [Reply(503, _error(503, "unavailable", "x")), Reply(), Reply(401, _error(401, "security_exception", "bad credentials"))]
+    url = (
+        stub.url.replace("http://", f"http://elastic:{SECRET}@")
+        if auth == "basic-in-url"
+        else stub.url
+    )
+    stub.script = [
+        Reply(503, _error(503, "unavailable", "x")),
+        Reply(),
+        Reply(401, _error(401, "security_exception", "bad credentials")),
+    ]
     with caplog.at_level(logging.DEBUG):
         connector = _connector(engine_name, url, **credentials)
         connector.search(SearchRequest("one"))
         with pytest.raises(QueryError) as info:
             connector.search(SearchRequest("two"))
-        texts = [caplog.text, repr(connector), str(connector.settings), repr(connector.settings), str(info.value)]
+        texts = [
+            caplog.text,
+            repr(connector),
+            str(connector.settings),
+            repr(connector.settings),
+            str(info.value),
+        ]
         connector.close()
     sent_auth = {k.lower(): v for k, v in stub.requests[0][2].items()}["authorization"]
     assert sent_auth.split()[0] in {"Basic", "ApiKey"}  # credentials were really sent
@@ -335,7 +382,10 @@ def test_settings_come_from_environment_and_keywords_override(
     assert connector.settings.max_attempts == 5
     assert connector.settings.username == "reader"
     explicit = ConnectionSettings(hosts=[stub.url], max_attempts=1)
-    assert SYNC[engine_name](index="docs", fields=["title"], settings=explicit).settings.max_attempts == 1
+    assert (
+        SYNC[engine_name](index="docs", fields=["title"], settings=explicit).settings.max_attempts
+        == 1
+    )
 
 
 def test_policy_never_sleeps_past_the_deadline() -> None:
@@ -345,7 +395,13 @@ def test_policy_never_sleeps_past_the_deadline() -> None:
         calls.append(timeout_s)
         raise BackendUnavailableError("down")
 
-    policy = RetryPolicy(max_attempts=100, deadline_s=0.5, request_timeout_s=10.0, initial_backoff_s=0.2, max_backoff_s=0.2)
+    policy = RetryPolicy(
+        max_attempts=100,
+        deadline_s=0.5,
+        request_timeout_s=10.0,
+        initial_backoff_s=0.2,
+        max_backoff_s=0.2,
+    )
     with pytest.raises(BackendUnavailableError, match="gave up"):
         policy.call(attempt, what="test", translate=lambda exc, what: None)
     assert 1 <= len(calls) < 100

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.support.models import build_tiny_cross_encoder
 
 from secondpass.errors import ConfigurationError, ModelLoadError
 from secondpass.pipeline.protocols import Scorer
 from secondpass.pipeline.scorer import CrossEncoderScorer
 from secondpass.types import EMPTY_PASSAGE_RAW_SCORE
-from tests.support.models import build_tiny_cross_encoder
 
 WORDS = (
     "cat dog house river tree music light water stone bird city road green blue night "
@@ -47,9 +47,12 @@ def forward_rows(tiny_scorer):
     rows: list[int] = []
 
     def hook(module, args, kwargs, output):
-        rows.append(int(kwargs["input_ids"].shape[0]))
+        ids = kwargs["input_ids"] if kwargs.get("input_ids") is not None else args[0]
+        rows.append(int(ids.shape[0]))
 
-    handle = tiny_scorer.network.register_forward_hook(hook, with_kwargs=True)
+    # sentence-transformers calls the top model's .forward() directly (no hooks), so hook
+    # the encoder it calls through nn.Module.__call__.
+    handle = tiny_scorer.network.base_model.register_forward_hook(hook, with_kwargs=True)
     yield rows
     handle.remove()
 

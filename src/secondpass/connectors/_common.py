@@ -53,7 +53,9 @@ class BulkCounts:
     errors: tuple[str, ...] = ()
 
 
-def build_settings(settings: ConnectionSettings | None, overrides: Mapping[str, Any]) -> ConnectionSettings:
+def build_settings(
+    settings: ConnectionSettings | None, overrides: Mapping[str, Any]
+) -> ConnectionSettings:
     """Merge keyword overrides into settings (or into env-derived defaults).
 
     Validation errors become :class:`ConfigurationError` naming the fields and
@@ -97,6 +99,29 @@ def require(module: str, *, package: str, extra: str) -> Any:
         raise MissingDependencyError(package, extra) from exc
 
 
+def client_options(
+    settings: ConnectionSettings, *, timeout_key: str, basic_auth_key: str
+) -> dict[str, Any]:
+    """Client constructor arguments both engines share, under each client's own names.
+
+    The clients' retries are switched off here: :mod:`._retry` is the only layer.
+    """
+    options: dict[str, Any] = {
+        "hosts": list(settings.hosts),
+        timeout_key: settings.request_timeout_s,
+        "max_retries": 0,
+        "retry_on_timeout": False,
+        "retry_on_status": (),
+    }
+    if settings.username is not None and settings.password is not None:
+        options[basic_auth_key] = (settings.username, settings.password.get_secret_value())
+    if uses_tls(settings):
+        options["verify_certs"] = settings.verify_certs
+        if settings.ca_certs is not None:
+            options["ca_certs"] = settings.ca_certs
+    return options
+
+
 def _plain(response: Any) -> Any:
     """The response body as plain data (Elasticsearch wraps it in an ApiResponse)."""
     return getattr(response, "body", response)
@@ -113,7 +138,9 @@ def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
-def bulk_actions(docs: Iterable[Mapping[str, Any]], *, index: str, id_field: str) -> Iterator[dict[str, Any]]:
+def bulk_actions(
+    docs: Iterable[Mapping[str, Any]], *, index: str, id_field: str
+) -> Iterator[dict[str, Any]]:
     """Turn documents into bulk ``index`` actions with explicit ids where present.
 
     With ``id_field="_id"`` the id is removed from the source (engines refuse a
@@ -143,7 +170,20 @@ def describe_bulk_error(item: Mapping[str, Any]) -> str:
 
 
 class _ConnectorCore(Generic[ClientT]):
-    """Configuration and pure logic shared by the sync and async connectors."""
+    """Configuration and pure logic shared by the sync and async connectors.
+
+    Args:
+        index: one index name or a sequence of names; checked before any request.
+        fields: ``multi_match`` fields, boosts allowed (``"title^2"``).
+        text_fields: fields handed to the reranker as ``Hit.fields``; defaults to
+            the names in ``fields``. Dotted paths read nested ``_source`` values.
+        source_includes: extra ``_source`` fields to return besides
+            ``text_fields``; ``None`` returns the whole ``_source``.
+        allow_index_patterns: accept wildcards, comma lists, ``_all`` and
+            remote-cluster names (off: such names raise ``InvalidIndexNameError``).
+        settings: a ``ConnectionSettings``; ``connection`` keywords override its
+            fields. Without it, fields not given come from the environment.
+    """
 
     engine: ClassVar[Engine]
 
@@ -212,7 +252,9 @@ class _ConnectorCore(Generic[ClientT]):
                 try:
                     self._client = self._new_client()
                 except (ValueError, TypeError, OSError) as exc:
-                    msg = f"could not create the {self.engine} client: " + redact(str(exc), self.settings)
+                    msg = f"could not create the {self.engine} client: " + redact(
+                        str(exc), self.settings
+                    )
                     raise ConfigurationError(msg) from exc
             return self._client
 
@@ -250,9 +292,34 @@ class _ConnectorCore(Generic[ClientT]):
 class SyncConnector(_ConnectorCore[ClientT]):
     """A blocking connector with the admin primitives indexing and evaluation need."""
 
-    def _bulk(self, client: ClientT, timeout_s: float, *, actions: list[dict[str, Any]]) -> tuple[int, list[Any]]:
-        """Send one chunk of bulk actions; return (succeeded, failed items)."""
+    _bulk_helpers: ClassVar[str]
+    """Module of the client's bulk helpers (``elasticsearch.helpers``, ...)."""
+
+    def _bulk_target(self, client: ClientT, timeout_s: float) -> tuple[Any, dict[str, Any]]:
+        """The client to hand the bulk helper, and extra per-request arguments."""
         raise NotImplementedError
+
+    def _bulk(
+        self, client: ClientT, timeout_s: float, *, actions: list[dict[str, Any]]
+    ) -> tuple[int, list[Any]]:
+        """Send one chunk of bulk actions; return (succeeded, failed items).
+
+        The helper only formats the chunk and collects per-item errors: its own
+        retries are off and a transport failure propagates to our retry layer.
+        """
+        helpers = importlib.import_module(self._bulk_helpers)
+        target, options = self._bulk_target(client, timeout_s)
+        ok, errors = helpers.bulk(
+            target,
+            actions,
+            chunk_size=len(actions),
+            max_retries=0,
+            raise_on_error=False,
+            raise_on_exception=True,
+            stats_only=False,
+            **options,
+        )
+        return int(ok), list(errors)
 
     def _call(self, operation: str, fn: Callable[[Any], T]) -> T:
         client = self._client_now()
@@ -267,6 +334,20 @@ class SyncConnector(_ConnectorCore[ClientT]):
         body = self._search_body(request)
         response = self._call("search", lambda api: api.search(index=self._index_param, body=body))
         return self._hits(response)
+
+    def ping(self) -> bool:
+        """Whether the engine answers for our index right now: one attempt, no retries.
+
+        Uses ``HEAD /<index>`` rather than ``GET /``: it needs no cluster
+        privilege, and minimal distributions lack the root endpoint. Never raises.
+        """
+        try:
+            self._api(self._client_now(), self.settings.request_timeout_s).indices.exists(
+                index=self._index_param
+            )
+        except Exception:
+            return False
+        return True
 
     def ensure_index(
         self,
@@ -391,11 +472,23 @@ class AsyncConnector(_ConnectorCore[ClientT]):
         body = self._search_body(request)
         client = self._client_now()
         response = await self.retry.acall(
-            lambda timeout_s: self._api(client, timeout_s).search(index=self._index_param, body=body),
+            lambda timeout_s: self._api(client, timeout_s).search(
+                index=self._index_param, body=body
+            ),
             what=self._what("search"),
             translate=self._translate,
         )
         return self._hits(response)
+
+    async def ping(self) -> bool:
+        """Whether the engine answers for our index right now (see the sync ``ping``)."""
+        try:
+            await self._api(self._client_now(), self.settings.request_timeout_s).indices.exists(
+                index=self._index_param
+            )
+        except Exception:
+            return False
+        return True
 
     async def close(self) -> None:
         """Release the HTTP connections; the connector may be used again afterwards."""

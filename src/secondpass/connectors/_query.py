@@ -110,7 +110,9 @@ def server_timeout(seconds: float | None) -> str | None:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
-def _finish(body: dict[str, Any], request: SearchRequest, source: Any, timeout: str | None) -> dict[str, Any]:
+def _finish(
+    body: dict[str, Any], request: SearchRequest, source: Any, timeout: str | None
+) -> dict[str, Any]:
     body["size"] = request.size
     body["_source"] = source
     if timeout is not None:
@@ -284,8 +286,11 @@ def hits_from_response(response: Mapping[str, Any], text_fields: Sequence[str]) 
         logger.warning("the engine timed out; the first-stage results may be partial")
     shards = response.get("_shards") or {}
     if shards.get("failed"):
-        logger.warning("%s of %s shards failed; the first-stage results may be partial",
-                       shards.get("failed"), shards.get("total"))
+        logger.warning(
+            "%s of %s shards failed; the first-stage results may be partial",
+            shards.get("failed"),
+            shards.get("total"),
+        )
     raw = (response.get("hits") or {}).get("hits") or []
     hits = []
     for rank, item in enumerate(raw, start=1):

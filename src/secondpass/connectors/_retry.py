@@ -144,7 +144,9 @@ class RetryPolicy:
     def _kwargs(self, what: str) -> dict[str, Any]:
         return {
             "stop": stop_after_attempt(self.max_attempts) | stop_before_delay(self.deadline_s),
-            "wait": wait_random_exponential(multiplier=self.initial_backoff_s, max=self.max_backoff_s),
+            "wait": wait_random_exponential(
+                multiplier=self.initial_backoff_s, max=self.max_backoff_s
+            ),
             "retry": retry_if_exception_type(BackendUnavailableError),
             "before_sleep": self._before_sleep(what),
             "reraise": False,
@@ -156,7 +158,10 @@ class RetryPolicy:
             pause = state.next_action.sleep if state.next_action else 0.0
             logger.warning(
                 "%s (attempt %d of %d); retrying in %.2f s",
-                exc, state.attempt_number, self.max_attempts, pause,
+                exc,
+                state.attempt_number,
+                self.max_attempts,
+                pause,
             )
 
         return log

@@ -87,7 +87,9 @@ def _check_part(name: str, part: str, *, allow_patterns: bool) -> None:
         raise _reject(name, "an index name cannot start with '-', '_' or '+'")
 
 
-def validate_indices(index: str | Sequence[str], *, allow_patterns: bool = False) -> tuple[str, ...]:
+def validate_indices(
+    index: str | Sequence[str], *, allow_patterns: bool = False
+) -> tuple[str, ...]:
     """Validate one name or a sequence of names and return them as a tuple.
 
     A sequence names several concrete indices without needing patterns; each

@@ -15,7 +15,7 @@ import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from secondpass.config import ConnectionSettings
-from secondpass.connectors._common import AsyncConnector, SyncConnector, require, uses_tls
+from secondpass.connectors._common import AsyncConnector, SyncConnector, client_options, require
 from secondpass.connectors._query import Engine
 from secondpass.connectors._retry import error_for_status, unavailable
 from secondpass.errors import ConnectorError, QueryError
@@ -68,22 +68,10 @@ def _transport_classes(compatible_with: int | None) -> tuple[type, type]:
 def client_kwargs(settings: ConnectionSettings, *, asynchronous: bool = False) -> dict[str, Any]:
     """Constructor arguments for ``Elasticsearch``/``AsyncElasticsearch`` from our settings."""
     sync_cls, async_cls = _transport_classes(settings.compatible_with)
-    kwargs: dict[str, Any] = {
-        "hosts": list(settings.hosts),
-        "request_timeout": settings.request_timeout_s,
-        "max_retries": 0,
-        "retry_on_timeout": False,
-        "retry_on_status": (),
-        "transport_class": async_cls if asynchronous else sync_cls,
-    }
+    kwargs = client_options(settings, timeout_key="request_timeout", basic_auth_key="basic_auth")
+    kwargs["transport_class"] = async_cls if asynchronous else sync_cls
     if settings.api_key is not None:
         kwargs["api_key"] = settings.api_key.get_secret_value()
-    elif settings.username is not None and settings.password is not None:
-        kwargs["basic_auth"] = (settings.username, settings.password.get_secret_value())
-    if uses_tls(settings):
-        kwargs["verify_certs"] = settings.verify_certs
-        if settings.ca_certs is not None:
-            kwargs["ca_certs"] = settings.ca_certs
     return kwargs
 
 
@@ -134,19 +122,11 @@ class ElasticsearchConnector(_ElasticsearchHooks, SyncConnector["Elasticsearch"]
     def _new_client(self) -> Elasticsearch:
         return _require_client().Elasticsearch(**client_kwargs(self.settings))  # type: ignore[no-any-return]
 
-    def _bulk(self, client: Any, timeout_s: float, *, actions: list[dict[str, Any]]) -> tuple[int, list[Any]]:
-        from elasticsearch import helpers
+    _bulk_helpers = "elasticsearch.helpers"
 
-        ok, errors = helpers.bulk(
-            client.options(request_timeout=timeout_s),
-            actions,
-            chunk_size=len(actions),
-            max_retries=0,
-            raise_on_error=False,
-            raise_on_exception=True,
-            stats_only=False,
-        )
-        return int(ok), list(errors)  # type: ignore[arg-type]
+    @staticmethod
+    def _bulk_target(client: Any, timeout_s: float) -> tuple[Any, dict[str, Any]]:
+        return client.options(request_timeout=timeout_s), {}
 
 
 class AsyncElasticsearchConnector(_ElasticsearchHooks, AsyncConnector["AsyncElasticsearch"]):

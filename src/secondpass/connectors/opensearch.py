@@ -12,7 +12,7 @@ import functools
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from secondpass.config import ConnectionSettings
-from secondpass.connectors._common import AsyncConnector, SyncConnector, require, uses_tls
+from secondpass.connectors._common import AsyncConnector, SyncConnector, client_options, require
 from secondpass.connectors._query import Engine
 from secondpass.connectors._retry import error_for_status, unavailable
 from secondpass.errors import ConfigurationError, ConnectorError, QueryError
@@ -29,20 +29,7 @@ def _require_client() -> Any:
 
 def client_kwargs(settings: ConnectionSettings) -> dict[str, Any]:
     """Constructor arguments for ``OpenSearch``/``AsyncOpenSearch`` from our settings."""
-    kwargs: dict[str, Any] = {
-        "hosts": list(settings.hosts),
-        "timeout": settings.request_timeout_s,
-        "max_retries": 0,
-        "retry_on_timeout": False,
-        "retry_on_status": (),
-    }
-    if settings.username is not None and settings.password is not None:
-        kwargs["http_auth"] = (settings.username, settings.password.get_secret_value())
-    if uses_tls(settings):
-        kwargs["verify_certs"] = settings.verify_certs
-        if settings.ca_certs is not None:
-            kwargs["ca_certs"] = settings.ca_certs
-    return kwargs
+    return client_options(settings, timeout_key="timeout", basic_auth_key="http_auth")
 
 
 def translate_error(exc: BaseException, what: str) -> ConnectorError | None:
@@ -115,20 +102,11 @@ class OpenSearchConnector(_OpenSearchHooks, SyncConnector["OpenSearch"]):
     def _new_client(self) -> OpenSearch:
         return _require_client().OpenSearch(**client_kwargs(self.settings))  # type: ignore[no-any-return]
 
-    def _bulk(self, client: Any, timeout_s: float, *, actions: list[dict[str, Any]]) -> tuple[int, list[Any]]:
-        from opensearchpy import helpers
+    _bulk_helpers = "opensearchpy.helpers"
 
-        ok, errors = helpers.bulk(
-            client,
-            actions,
-            chunk_size=len(actions),
-            max_retries=0,
-            raise_on_error=False,
-            raise_on_exception=True,
-            stats_only=False,
-            request_timeout=timeout_s,
-        )
-        return int(ok), list(errors)
+    @staticmethod
+    def _bulk_target(client: Any, timeout_s: float) -> tuple[Any, dict[str, Any]]:
+        return client, {"request_timeout": timeout_s}
 
 
 class AsyncOpenSearchConnector(_OpenSearchHooks, AsyncConnector["AsyncOpenSearch"]):

@@ -23,7 +23,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
@@ -344,7 +344,7 @@ class BatchRunner(Generic[Features]):
                 if len(batch_scores) != len(batch):
                     msg = f"model returned {len(batch_scores)} scores for a batch of {len(batch)}"
                     raise RerankError(msg)
-                for index, value in zip(batch, batch_scores):
+                for index, value in zip(batch, batch_scores, strict=True):
                     scores[index] = float(value)
                 widest = max(lengths[index] for index in batch)
                 self.stats.batches += 1
@@ -395,7 +395,7 @@ class BatchRunner(Generic[Features]):
         self.stats.collate_ms += (time.perf_counter() - started) * 1000.0
         return features
 
-    def _prefetch(self, plan: list[list[int]]) -> Iterator[tuple[list[int], Features]]:
+    def _prefetch(self, plan: list[list[int]]) -> Generator[tuple[list[int], Features], None, None]:
         """Yield (batch, features), collating batch i+1 on a thread while batch i is used."""
         if not self.overlap or len(plan) < 2:
             for batch in plan:

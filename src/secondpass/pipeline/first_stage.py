@@ -123,8 +123,14 @@ class HybridStage:
     ``vector_field``) and the lists are merged with reciprocal rank fusion
     (``fusion="rrf"``, constant ``rrf_k``) or a min-max linear blend
     (``fusion="linear"``, weight ``alpha`` on the lexical side). Each side fetches
-    ``size`` hits (``knn_candidates`` is the engine's ``num_candidates``, by
-    default ``max(2 * size, 100)``), and the fused list is cut back to ``size``.
+    ``max(size, depth)`` hits (``knn_candidates`` is the engine's
+    ``num_candidates``, by default twice that) and the fused list is cut back to
+    ``size``.
+
+    Fused scores depend on how deep each list goes, so ``depth`` is fixed rather
+    than following ``size``: asking for 5 or for 50 hits then gives the same
+    order for the first 5, which is what keeps the retriever's pages consistent.
+    Keep ``depth`` at least the retriever's window.
 
     Filters apply to both sides; a caller's ``body`` replaces only the lexical
     query. Fusing client-side keeps the stage portable: it needs neither
@@ -144,6 +150,7 @@ class HybridStage:
         fusion: Literal["rrf", "linear"] = "rrf",
         alpha: float = 0.5,
         rrf_k: int = RRF_K,
+        depth: int = 100,
         knn_candidates: int | None = None,
     ) -> None:
         if fusion not in ("rrf", "linear"):
@@ -160,7 +167,11 @@ class HybridStage:
         self.vector_field = vector_field
         self.fusion = fusion
         self.alpha = alpha
+        if depth < 1:
+            msg = f"depth must be >= 1, got {depth}"
+            raise ConfigurationError(msg)
         self.rrf_k = rrf_k
+        self.depth = depth
         self.knn_candidates = knn_candidates
 
     def _requests(
@@ -171,15 +182,16 @@ class HybridStage:
         filters: Sequence[Mapping[str, Any]],
         body: Mapping[str, Any] | None,
     ) -> tuple[SearchRequest, SearchRequest]:
-        candidates = max(2 * size, 100) if self.knn_candidates is None else self.knn_candidates
+        per_side = max(size, self.depth)
+        candidates = 2 * per_side if self.knn_candidates is None else self.knn_candidates
         knn = KnnQuery(
             field=self.vector_field,
             vector=tuple(float(x) for x in vector),
-            k=size,
-            num_candidates=max(candidates, size),
+            k=per_side,
+            num_candidates=max(candidates, per_side),
         )
-        lexical = SearchRequest(query=query, size=size, filters=tuple(filters), body=body)
-        dense = SearchRequest(query=query, size=size, filters=tuple(filters), knn=knn)
+        lexical = SearchRequest(query=query, size=per_side, filters=tuple(filters), body=body)
+        dense = SearchRequest(query=query, size=per_side, filters=tuple(filters), knn=knn)
         return lexical, dense
 
     def _fuse(self, lexical: list[Hit], dense: list[Hit], size: int) -> list[Hit]:

@@ -1,4 +1,4 @@
-"""What text the model sees: multi-field passage templates and the long-document policy.
+r"""What text the model sees: multi-field passage templates and the long-document policy.
 
 A search hit has fields (``title``, ``text``, ...) and a cross-encoder has a
 fixed window (512 tokens for most), shared between the query and the passage.
@@ -62,7 +62,7 @@ class WhitespaceTruncator:
 
 @dataclass(frozen=True, slots=True)
 class PassageTemplate:
-    """Builds the passage the model scores from a hit's fields.
+    r"""Builds the passage the model scores from a hit's fields.
 
     Fields are taken in ``fields`` order; a missing or blank field is left out
     (so a hit with no text at all renders as ``""`` and is never sent to the

@@ -226,9 +226,10 @@ class Retriever:
     ``window`` hits are reranked; ``rank_by`` picks the raw logit or the
     normalised score for ordering and for ``min_score``.
 
-    ``deadline_ms`` is a hard limit on the whole call: past it the answer is the
-    first-stage order (``mode="best_effort"``) or :class:`RerankError`
-    (``mode="required"``). ``latency_budget_ms`` is a soft target: the retriever
+    ``deadline_ms`` is a hard limit counted from the start of the call: reranking
+    gets what the first stage left of it (the first stage itself is bounded by the
+    connector's own timeouts), and past it the answer is the first-stage order
+    (``mode="best_effort"``) or :class:`RerankError` (``mode="required"``). ``latency_budget_ms`` is a soft target: the retriever
     keeps a running estimate of scoring throughput and reranks only as many of the
     window's hits as fit in what is left of the budget after the first stage
     (``status="partial"``); until it has a first measurement it reranks the whole
@@ -308,15 +309,7 @@ class Retriever:
         """Fetch the first stage and return hits ``offset .. offset + k`` of the reranked order."""
         started = time.perf_counter()
         _check_page(k, offset)
-        stage = self._stage()
-        want = size = max(self.window, offset + k)
-        hits = stage.retrieve(query, size=size, filters=tuple(filters or ()), body=body)
-        for _ in range(_REFILL_ROUNDS):  # duplicates may leave fewer distinct hits than asked
-            bigger = _refill_size(hits, size, want)
-            if bigger is None:
-                break
-            size = bigger
-            hits = stage.retrieve(query, size=size, filters=tuple(filters or ()), body=body)
+        hits = self._fetch(query, max(self.window, offset + k), tuple(filters or ()), body)
         first_stage_ms = (time.perf_counter() - started) * 1000
         result = self._rerank(query, hits, k, offset, started, deadline_ms)
         return _with_first_stage(result, first_stage_ms, started)
@@ -334,15 +327,7 @@ class Retriever:
         """The asyncio variant of :meth:`search`; the model runs in a worker thread."""
         started = time.perf_counter()
         _check_page(k, offset)
-        stage = self._stage()
-        want = size = max(self.window, offset + k)
-        hits = await stage.aretrieve(query, size=size, filters=tuple(filters or ()), body=body)
-        for _ in range(_REFILL_ROUNDS):  # duplicates may leave fewer distinct hits than asked
-            bigger = _refill_size(hits, size, want)
-            if bigger is None:
-                break
-            size = bigger
-            hits = await stage.aretrieve(query, size=size, filters=tuple(filters or ()), body=body)
+        hits = await self._afetch(query, max(self.window, offset + k), tuple(filters or ()), body)
         first_stage_ms = (time.perf_counter() - started) * 1000
         result = await self._arerank(query, hits, k, offset, started, deadline_ms)
         return _with_first_stage(result, first_stage_ms, started)
@@ -392,6 +377,36 @@ class Retriever:
         self.close()
 
     # ------------------------------------------------------------- the request path
+
+    def _fetch(
+        self, query: str, want: int, filters: tuple[Mapping[str, Any], ...], body: Mapping[str, Any] | None
+    ) -> list[Hit]:
+        """First stage: ``want`` distinct hits (asking again if duplicates cost some)."""
+        stage = self._stage()
+        size = want
+        hits = stage.retrieve(query, size=size, filters=filters, body=body)
+        for _ in range(_REFILL_ROUNDS):
+            bigger = _refill_size(hits, size, want)
+            if bigger is None:
+                break
+            size = bigger
+            hits = stage.retrieve(query, size=size, filters=filters, body=body)
+        return hits
+
+    async def _afetch(
+        self, query: str, want: int, filters: tuple[Mapping[str, Any], ...], body: Mapping[str, Any] | None
+    ) -> list[Hit]:
+        """The asyncio twin of :meth:`_fetch`."""
+        stage = self._stage()
+        size = want
+        hits = await stage.aretrieve(query, size=size, filters=filters, body=body)
+        for _ in range(_REFILL_ROUNDS):
+            bigger = _refill_size(hits, size, want)
+            if bigger is None:
+                break
+            size = bigger
+            hits = await stage.aretrieve(query, size=size, filters=filters, body=body)
+        return hits
 
     def _rerank(
         self,

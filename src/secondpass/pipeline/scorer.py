@@ -30,7 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from secondpass.config import RerankSettings
-from secondpass.errors import ConfigurationError, MissingDependencyError, ModelLoadError, RerankError
+from secondpass.errors import (
+    ConfigurationError,
+    MissingDependencyError,
+    ModelLoadError,
+    RerankError,
+)
 from secondpass.pipeline.batching import BatchRunner, EncodedPair, PairTokenizer, collate_pairs
 from secondpass.pipeline.passages import PassageTemplate, TokenTruncator, is_blank, plan_windows
 from secondpass.types import EMPTY_PASSAGE_RAW_SCORE, PassageScore
@@ -52,7 +57,7 @@ def _import_torch() -> Any:
     try:
         import torch
     except ImportError as exc:
-        raise MissingDependencyError("torch", "rerank") from exc
+        raise MissingDependencyError(package="torch", extra="rerank") from exc
     return torch
 
 
@@ -298,13 +303,13 @@ class CrossEncoderScorer:
             started = time.perf_counter()
             tokenizer = loaded.tokenizer
             queries = list(dict.fromkeys(pairs[index][0] for index in live))
-            query_ids = dict(zip(queries, tokenizer.encode(queries)))
+            query_ids = dict(zip(queries, tokenizer.encode(queries), strict=True))
             passage_ids = tokenizer.encode([pairs[index][1] for index in live])
             units: list[EncodedPair] = []
             owners: list[tuple[int, int, int, bool, int]] = []  # (index, first unit, count, truncated, tokens_in)
             unit_tokens: list[int] = []
             settings = self.settings
-            for index, ids in zip(live, passage_ids):
+            for index, ids in zip(live, passage_ids, strict=True):
                 q_ids = query_ids[pairs[index][0]]
                 plan = plan_windows(
                     len(q_ids),
@@ -437,7 +442,7 @@ class CrossEncoderScorer:
         try:
             from sentence_transformers import CrossEncoder
         except ImportError as exc:
-            raise MissingDependencyError("sentence-transformers", "rerank") from exc
+            raise MissingDependencyError(package="sentence-transformers", extra="rerank") from exc
         settings = self.settings
         device = self._resolve_device()
         dtype = getattr(torch, self._resolve_dtype_name())

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import math
 import time
@@ -112,6 +113,8 @@ class ServiceState:
         self._owns_cache = cache is None
         self.retriever = retriever
         self._owns_retriever = retriever is None
+        self.hybrid_retriever: Any | None = None
+        self.connector: Any | None = None
         self.batcher: DynamicBatcher | None = None
         self.model_ok = False
         self.model_error: str | None = "model not loaded yet"
@@ -158,8 +161,8 @@ class ServiceState:
             )
             self.batcher.start()
             if s.search_enabled and self.retriever is None:
-                self.retriever = await asyncio.to_thread(
-                    build_retriever, s, _BatchedScorer(self), self.cache
+                self.retriever, self.hybrid_retriever, self.connector = await asyncio.to_thread(
+                    build_search, s, _BatchedScorer(self), self.cache
                 )
             await self.probe()
             if self.model_ok:
@@ -177,8 +180,12 @@ class ServiceState:
                 await self._load_task
         if self.batcher is not None:
             await self.batcher.close()
+        if self._owns_retriever and self.connector is not None:
+            with contextlib.suppress(Exception):
+                await self.connector.close()
         for owned, obj in (
             (self._owns_retriever, self.retriever),
+            (self._owns_retriever, self.hybrid_retriever),
             (self._owns_cache, self.cache),
             (self._owns_scorer, self.scorer),
         ):
@@ -239,10 +246,11 @@ class ServiceState:
         if now - self._engine_checked < self.settings.engine_check_interval_s:
             return self._engine_ok
         self._engine_checked = now
-        ping = getattr(self.retriever, "ping", None)
+        ping = getattr(self.connector or self.retriever, "ping", None)
         try:
             if callable(ping):
-                self._engine_ok = bool(await asyncio.to_thread(ping))
+                answer = ping()
+                self._engine_ok = bool(await answer if inspect.isawaitable(answer) else answer)
             else:
                 await self.retriever.asearch("readiness probe", k=1, deadline_ms=2000)
                 self._engine_ok = True
@@ -381,22 +389,48 @@ def build_scorer(settings: RerankSettings) -> Scorer:
     return scorer
 
 
-def build_retriever(settings: ServiceSettings, scorer: Scorer, cache: ScoreCache | None) -> Any:
-    """Build the search facade for ``/v1/search`` over the configured engine and index."""
-    from secondpass.pipeline import retriever as retriever_module
+def build_search(
+    settings: ServiceSettings, scorer: Scorer, cache: ScoreCache | None
+) -> tuple[Any, Any | None, Any]:
+    """Build the facade(s) for ``/v1/search``: (lexical retriever, hybrid or None, connector).
 
-    factory = getattr(retriever_module, "build_retriever", None)
-    if callable(factory):
-        return factory(
-            connection=settings.engine,
-            index=settings.search_index,
-            fields=settings.search_fields,
-            window=settings.search_window,
-            scorer=scorer,
-            cache=cache,
+    The connector is asynchronous so the first stage never holds a thread; the
+    hybrid retriever exists when ``search_vector_field`` is set and shares the
+    connector, the cache and the (batched) scorer with the lexical one.
+    """
+    from secondpass.connectors import connect
+    from secondpass.pipeline.retriever import Retriever
+
+    connector = connect(
+        index=settings.search_index or "",
+        fields=settings.search_fields,
+        settings=settings.engine,
+        asynchronous=True,
+    )
+    common: dict[str, Any] = {
+        "scorer": scorer,
+        "cache": cache,
+        "window": settings.search_window,
+        "rank_by": getattr(settings.rerank, "rank_by", "normalized"),
+        "min_score": getattr(settings.rerank, "min_score", None),
+    }
+    lexical = Retriever(connector=connector, **common)
+    hybrid = None
+    if settings.search_vector_field:
+        from secondpass.pipeline.dense import SentenceTransformerEncoder
+        from secondpass.pipeline.first_stage import HybridStage
+
+        encoder = SentenceTransformerEncoder(settings.search_dense_model)
+        stage = HybridStage(
+            connector,
+            encoder,
+            settings.search_vector_field,
+            fusion=settings.search_fusion,
+            alpha=settings.search_alpha,
+            depth=max(100, settings.search_window),
         )
-    msg = "secondpass.pipeline.retriever has no build_retriever()"
-    raise NotConfiguredError(msg)
+        hybrid = Retriever(first_stage=stage, **common)
+    return lexical, hybrid, connector
 
 
 def _first_line(exc: BaseException) -> str:
@@ -693,14 +727,19 @@ def create_app(
         if body.offset + body.k > settings.max_top_n:
             msg = f"offset + k: at most {settings.max_top_n}"
             raise LimitExceededError(msg, field="offset", limit=settings.max_top_n)
-        result: SearchResult = await state.retriever.asearch(
-            _clean(body.query),
+        retriever = state.retriever
+        if body.hybrid is True or (body.hybrid is None and state.hybrid_retriever is not None):
+            if state.hybrid_retriever is None:
+                msg = "hybrid: not configured on this service (set --search-vector-field)"
+                raise InvalidRequestError(msg, field="hybrid")
+            retriever = state.hybrid_retriever
+        result: SearchResult = await retriever.asearch(
+            body.query,
             k=body.k,
             offset=body.offset,
             filters=body.filters or None,
             body=body.body,
             deadline_ms=body.deadline_ms,
-            **({"hybrid": True} if body.hybrid else {}),
         )
         if result.status != "ok":
             state.metrics.degraded.labels("/v1/search", result.status).inc()

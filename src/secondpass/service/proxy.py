@@ -33,6 +33,7 @@ import json
 import logging
 import re
 import ssl
+import threading
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
@@ -41,6 +42,7 @@ from urllib.parse import unquote
 
 import httpx
 
+from secondpass.errors import ServerStartError
 from secondpass.pipeline.protocols import ScoreCache, Scorer
 from secondpass.pipeline.retriever import Retriever, render_passage
 from secondpass.service import proxy_rules as rules
@@ -112,7 +114,7 @@ class _Outcome:
 
     response: dict[str, Any]
     status: str
-    added_ms: float = 0.0
+    rerank_ms: float = 0.0
 
 
 class _BodyTooLarge(Exception):
@@ -126,6 +128,9 @@ def build_retriever(
 
     The passage is rendered by the proxy per hit (its index's template) and handed
     over as one field, so one retriever serves every index configuration.
+    ``rerank.rank_by`` picks the score that orders hits and becomes ``_score``;
+    ``rerank.min_score`` is not applied, because dropping hits would contradict
+    ``hits.total`` and the page arithmetic clients rely on.
     """
     return Retriever(
         scorer=scorer,
@@ -134,7 +139,7 @@ def build_retriever(
         window=settings.window,
         deadline_ms=settings.deadline_ms,
         latency_budget_ms=settings.latency_budget_ms,
-        rank_by=settings.rank_by,
+        rank_by=settings.rerank.rank_by,
     )
 
 
@@ -339,21 +344,25 @@ class RerankProxy:
             await _send_answer(send, _relay(response, rules.status_header("skipped", reason)))
             return
         outcome = await self._rerank(parsed, plan, texts)
-        added_ms = (time.perf_counter() - started) * 1000 - upstream_ms
         final = outcome.response
         if outcome.status == "ok" or outcome.status.startswith("partial"):
-            final = rules.add_took(final, added_ms)
-        answer = _Answer(
-            response.status_code,
-            _down_headers(response, outcome.status),
-            _dump(final),
-        )
-        await _send_answer(send, answer)
+            final = rules.add_took(final, (time.perf_counter() - started) * 1000 - upstream_ms)
+        body = _dump(final)
+        headers = _down_headers(response, outcome.status)
+        headers.append(_server_timing(upstream_ms, outcome.rerank_ms, started))
+        await _send_answer(send, _Answer(response.status_code, headers, body))
 
     async def _rerank(
         self, response: dict[str, Any], plan: rules.SearchPlan, texts: rules.RequestTexts
     ) -> _Outcome:
         """Rerank one search response; any fault gives the engine-order page instead."""
+        started = time.perf_counter()
+        outcome = await self._rerank_or_fall_back(response, plan, texts)
+        return dataclasses.replace(outcome, rerank_ms=(time.perf_counter() - started) * 1000)
+
+    async def _rerank_or_fall_back(
+        self, response: dict[str, Any], plan: rules.SearchPlan, texts: rules.RequestTexts
+    ) -> _Outcome:
         try:
             hits = self._hits(response, plan, texts)
             if not hits:
@@ -461,12 +470,13 @@ class RerankProxy:
                 for item_response, plan, texts in zip(responses, plans, item_texts, strict=True)
             )
         )
-        added_ms = (time.perf_counter() - started) * 1000 - upstream_ms
         final = dict(body)
         final["responses"] = [o.response for o in outcomes]
-        final = rules.add_took(final, added_ms)
-        status = ", ".join(o.status for o in outcomes)
-        await _send_answer(send, _Answer(200, _down_headers(response, status), _dump(final)))
+        final = rules.add_took(final, (time.perf_counter() - started) * 1000 - upstream_ms)
+        headers = _down_headers(response, ", ".join(o.status for o in outcomes))
+        rerank_ms = max(o.rerank_ms for o in outcomes)  # the searches rerank concurrently
+        headers.append(_server_timing(upstream_ms, rerank_ms, started))
+        await _send_answer(send, _Answer(200, headers, _dump(final)))
 
     async def _msearch_item(
         self, item: Any, plan: rules.SearchPlan | rules.Skip, texts: rules.RequestTexts
@@ -475,10 +485,9 @@ class RerankProxy:
             return _Outcome(item, rules.status_header("skipped", plan.reason))
         if not isinstance(item, dict) or "hits" not in item:
             return _Outcome(item, rules.status_header("skipped", "engine answered an error"))
-        started = time.perf_counter()
         outcome = await self._rerank(item, plan, texts)
         if outcome.status == "ok" or outcome.status.startswith("partial"):
-            return _Outcome(rules.add_took(outcome.response, (time.perf_counter() - started) * 1000), outcome.status)
+            return dataclasses.replace(outcome, response=rules.add_took(outcome.response, outcome.rerank_ms))
         return outcome
 
     async def _replay_rejected(
@@ -649,6 +658,17 @@ def _down_headers(response: httpx.Response, status: str) -> list[tuple[bytes, by
     return headers
 
 
+def _server_timing(engine_ms: float, rerank_ms: float, started: float) -> tuple[bytes, bytes]:
+    """``Server-Timing`` (milliseconds): the engine round trip, reranking, and the whole request.
+
+    ``total`` runs from the request's arrival to the answer being ready to send,
+    so ``total - engine`` is what the proxy added.
+    """
+    total_ms = (time.perf_counter() - started) * 1000
+    value = f"engine;dur={engine_ms:.1f}, rerank;dur={rerank_ms:.1f}, total;dur={total_ms:.1f}"
+    return (b"server-timing", value.encode("ascii"))
+
+
 def _relay(response: httpx.Response, status: str) -> _Answer:
     """The engine's buffered answer, unchanged but for the status header."""
     return _Answer(response.status_code, _down_headers(response, status), response.content)
@@ -690,3 +710,104 @@ def _tls_context(settings: ProxySettings) -> ssl.SSLContext | bool:
     if settings.client_cert is not None:
         context.load_cert_chain(settings.client_cert, settings.client_key)
     return context
+
+
+# ------------------------------------------------------------------------ running
+
+
+def build_proxy(settings: ProxySettings) -> RerankProxy:
+    """Load (and warm) the configured scorer and cache, and wrap them in a proxy.
+
+    Loading the model is the slow part of starting the proxy; it happens here,
+    before the port opens, so the first search is not the one that pays for it.
+    """
+    from secondpass.pipeline.cache import build_cache
+    from secondpass.pipeline.scorer import CrossEncoderScorer
+
+    scorer = CrossEncoderScorer(settings=settings.rerank)
+    scorer.warm_up()
+    return RerankProxy(settings, scorer=scorer, cache=build_cache(settings.cache))
+
+
+def _uvicorn_config(app: RerankProxy, settings: ProxySettings, *, host: str, port: int) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        log_config=None,  # keep the caller's logging set-up
+        lifespan="on",
+        server_header=False,  # the engine's headers only
+        date_header=False,
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
+    )
+
+
+class BackgroundProxy:
+    """Serve a :class:`RerankProxy` from a daemon thread, for tests, notebooks and benchmarks.
+
+    Entering starts uvicorn on ``host:port`` (``0`` picks a free port) and returns
+    the proxy's base URL once it accepts connections; leaving stops it. The proxy's
+    retriever and scorer stay the caller's to close.
+
+    Example:
+        >>> with BackgroundProxy(RerankProxy(settings, scorer=scorer)) as url:  # doctest: +SKIP
+        ...     httpx.get(f"{url}/_cluster/health")
+    """
+
+    def __init__(self, proxy: RerankProxy, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.proxy = proxy
+        self.host = host
+        self.port = port
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> str:
+        import uvicorn
+
+        self._server = uvicorn.Server(
+            _uvicorn_config(self.proxy, self.proxy.settings, host=self.host, port=self.port)
+        )
+        self._server.install_signal_handlers = lambda: None  # not the main thread
+        self._thread = threading.Thread(target=self._server.run, name="secondpass-proxy", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                msg = f"the proxy did not start on {self.host}:{self.port}"
+                raise ServerStartError(msg)
+            time.sleep(0.01)
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        scheme = "https" if self.proxy.settings.ssl_certfile else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{port}"
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+
+def run(settings: ProxySettings, *, proxy: RerankProxy | None = None) -> int:
+    """Serve the proxy under uvicorn until a signal; returns the exit code.
+
+    uvicorn's own ``Server`` and ``Date`` headers are off so that responses carry
+    the engine's headers only.
+    """
+    import uvicorn
+
+    app = build_proxy(settings) if proxy is None else proxy
+    server = uvicorn.Server(_uvicorn_config(app, settings, host=settings.host, port=settings.port))
+    try:
+        server.run()
+    finally:
+        app.retriever.close()
+        close = getattr(app.retriever.scorer, "close", None)
+        if callable(close):
+            close()
+    return 0 if server.started else 1

@@ -116,9 +116,6 @@ class ProxySettings(BaseSettings):
     latency_budget_ms: float | None = Field(
         None, gt=0, description="soft target: rerank only as many hits as fit (status partial)"
     )
-    rank_by: Literal["normalized", "raw"] = Field(
-        "normalized", description="which rerank score orders hits and becomes _score"
-    )
     hit_annotation: Literal["fields", "_secondpass", "none"] = Field(
         "fields", description="where each hit keeps its first-stage score and rank"
     )

@@ -159,8 +159,10 @@ class SearchRequestBody(_Request):
         default=None,
         description="your own query DSL (the `query` part); `query` is then only reranked",
     )
-    hybrid: bool = Field(
-        default=False, description="fuse lexical and dense first stages (when configured)"
+    hybrid: bool | None = Field(
+        default=None,
+        description="fuse lexical and kNN first stages (RRF or linear, as configured); "
+        "null: hybrid when the service has a vector field configured",
     )
     deadline_ms: float | None = Field(
         default=None, gt=0, description="answer within this many ms; reranking degrades to fit"

@@ -15,10 +15,11 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
@@ -108,6 +109,19 @@ class ServiceSettings(BaseSettings):
         default_factory=lambda: ["title", "text"],
         description="text fields searched and read into the passage",
     )
+    search_vector_field: str | None = Field(
+        default=None, description="dense vector field; when set, /v1/search can run hybrid"
+    )
+    search_dense_model: str | None = Field(
+        default=None,
+        description="sentence-transformers model for query vectors (default: all-MiniLM-L6-v2)",
+    )
+    search_fusion: Literal["rrf", "linear"] = Field(
+        default="rrf", description="how hybrid search fuses the lexical and kNN lists"
+    )
+    search_alpha: float = Field(
+        default=0.5, ge=0, le=1, description="linear fusion: weight of the lexical side"
+    )
     search_window: int = Field(
         default=100, ge=1, description="first-stage hits fetched and reranked"
     )
@@ -148,7 +162,7 @@ class ServiceSettings(BaseSettings):
         if not isinstance(value, dict):
             return value
         area = {"rerank": RerankSettings, "cache": CacheSettings, "engine": ConnectionSettings}
-        return area[info.field_name](**value)
+        return area[info.field_name](**{k: _decode_json_list(v) for k, v in value.items()})
 
     @model_validator(mode="after")
     def _check_consistency(self) -> ServiceSettings:
@@ -201,6 +215,16 @@ class ServiceSettings(BaseSettings):
             raise ConfigurationError(msg) from exc
         finally:
             _config_file.reset(token)
+
+
+def _decode_json_list(value: Any) -> Any:
+    """Nested env values arrive as text; a JSON list (``["http://a:9200"]``) becomes a list."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _file_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSettingsSource:

@@ -1,0 +1,134 @@
+"""``secondpass eval``: measure retrieval pipelines on a BEIR test set.
+
+Indexes the corpus when needed (resumable), runs the judged test queries
+through each pipeline, and writes ``report.json``, one TREC run file per
+pipeline and ``metrics.png`` into ``--out``. See :mod:`secondpass.evaluation`
+for what exactly is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from secondpass.commands._engine import add_engine_arguments, engine_url, make_connector, note, say, slug
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``eval`` sub-command."""
+    parser = subparsers.add_parser(
+        "eval",
+        help="nDCG@10 / MRR@10 / Recall@100 and latency of pipelines on a BEIR test set",
+        description=(
+            "Evaluate retrieval pipelines on DATASET_DIR (BEIR layout). Pipelines: bm25, dense, "
+            "hybrid, bm25+rerank, hybrid+rerank. Writes report.json, <pipeline>.trec and metrics.png."
+        ),
+    )
+    parser.add_argument("dataset", type=Path, metavar="DATASET_DIR", help="BEIR folder")
+    add_engine_arguments(parser, local_default=True)
+    parser.add_argument(
+        "--pipeline",
+        action="append",
+        dest="pipelines",
+        choices=("bm25", "dense", "hybrid", "bm25+rerank", "hybrid+rerank"),
+        help="pipeline to evaluate (repeatable; default: bm25 and bm25+rerank)",
+    )
+    parser.add_argument("--model", default=None, help="cross-encoder id or directory (default: BAAI/bge-reranker-v2-m3)")
+    parser.add_argument(
+        "--no-fallback",
+        action="store_true",
+        help="fail if the cross-encoder cannot be loaded instead of using the packaged bi-encoder",
+    )
+    parser.add_argument(
+        "--encoder", default=None, help="dense encoder for dense/hybrid (default: packaged all-MiniLM-L6-v2)"
+    )
+    parser.add_argument(
+        "--window", type=int, action="append", dest="windows", metavar="N",
+        help="rerank window (repeatable: one run per window; default: 100)",
+    )  # fmt: skip
+    parser.add_argument("--baseline", default=None, help="pipeline label to compare against (default: the first)")
+    parser.add_argument("--limit-queries", type=int, default=None, metavar="N", help="evaluate only the first N queries")
+    parser.add_argument("--index", default=None, help="index name (default: derived from the dataset)")
+    parser.add_argument("--split", default="test", help="qrels split (default: test)")
+    parser.add_argument("--device", default=None, help="torch device for the models (default: auto)")
+    parser.add_argument("--out", type=Path, required=True, help="directory for the report, run files and plot")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Index if needed, evaluate, write the outputs and print a table."""
+    from secondpass.datasets import load_beir
+    from secondpass.errors import ConfigurationError
+    from secondpass.evaluation import (
+        build_report,
+        format_table,
+        parse_pipelines,
+        run_pipelines,
+        write_outputs,
+    )
+    from secondpass.indexing import index_documents
+
+    dataset = load_beir(args.dataset, split=args.split)
+    specs = parse_pipelines(args.pipelines or ["bm25", "bm25+rerank"], args.windows or [100])
+    query_ids = list(dataset.queries)
+    if args.limit_queries is not None:
+        if args.limit_queries < 1:
+            msg = f"--limit-queries must be >= 1, got {args.limit_queries}"
+            raise ConfigurationError(msg)
+        query_ids = query_ids[: args.limit_queries]
+    baseline = args.baseline or specs[0].label
+    if baseline not in {s.label for s in specs}:
+        labels = ", ".join(s.label for s in specs)
+        msg = f"--baseline {baseline!r} is not one of the evaluated pipelines ({labels})"
+        raise ConfigurationError(msg)
+
+    encoder = None
+    needs_dense = any(s.first_stage in ("dense", "hybrid") for s in specs)
+    if needs_dense:
+        from secondpass.pipeline.dense import SentenceTransformerEncoder
+
+        encoder = SentenceTransformerEncoder(args.encoder, device=args.device)
+    scorer, scorer_name = None, None
+    if any(s.rerank for s in specs):
+        from secondpass.pipeline.models import load_scorer
+
+        scorer, scorer_name = load_scorer(
+            args.model, allow_fallback=not args.no_fallback, device=args.device, notify=note
+        )
+        say(f"scorer: {scorer_name}")
+    index = args.index or "secondpass-eval-" + slug(dataset.name) + (
+        f"-{slug(encoder.name)}" if encoder is not None else ""
+    )
+
+    with engine_url(args.engine, args.url) as url:
+        connector = make_connector(args.engine, url, index)
+        try:
+            indexed = index_documents(
+                connector,
+                dataset.iter_corpus(),
+                encoder=encoder,
+                progress=True,
+                total=dataset.corpus_size(),
+                description=f"indexing {index}",
+            )
+            say(f"{index}: {indexed.summary()}")
+            runs = run_pipelines(
+                dataset, connector, specs, encoder=encoder, scorer=scorer,
+                query_ids=query_ids, progress=True,
+            )  # fmt: skip
+        finally:
+            connector.close()
+
+    report, per_query = build_report(
+        dataset, runs, engine=args.engine, baseline=baseline, scorer=scorer_name,
+        encoder=None if encoder is None else encoder.name, query_ids=query_ids,
+    )  # fmt: skip
+    paths = write_outputs(report, runs, args.out, per_query=per_query)
+    say(format_table(report))
+    say("latency: " + "ms per query, " + report.as_dict()["latency_what"])
+    for entry_label, entry in report.pipelines.items():
+        degraded = {k: v for k, v in entry["rerank_status"].items() if k != "ok"}
+        if degraded:
+            note(f"{entry_label}: rerank degraded on some queries {degraded}: {entry['rerank_reasons']}")
+    say(f"wrote {paths['report']}, {paths['plot']} and {len(runs)} run file(s) to {args.out}")
+    return 0

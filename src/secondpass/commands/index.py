@@ -1,0 +1,66 @@
+"""``secondpass index``: bulk-index a BEIR corpus into Elasticsearch or OpenSearch.
+
+Resumable: re-running skips documents already in the index, so an interrupted
+run can simply be started again.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from secondpass.commands._engine import add_engine_arguments, make_connector, say
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``index`` sub-command."""
+    parser = subparsers.add_parser(
+        "index",
+        help="bulk-index a BEIR corpus (optionally with embeddings); resumable",
+        description=(
+            "Create an index with text (and with --dense, vector) mappings and bulk-index "
+            "DATASET_DIR/corpus.jsonl. Documents already in the index are skipped."
+        ),
+    )
+    parser.add_argument("dataset", type=Path, metavar="DATASET_DIR", help="BEIR folder (corpus.jsonl)")
+    add_engine_arguments(parser, local_default=False)
+    parser.add_argument("--index", required=True, help="index name")
+    parser.add_argument("--dense", action="store_true", help="also store sentence embeddings for kNN/hybrid")
+    parser.add_argument(
+        "--encoder", default=None, help="sentence-transformers model id or directory (default: packaged all-MiniLM-L6-v2)"
+    )
+    parser.add_argument("--vector-field", default="embedding", help="vector field name (default: embedding)")
+    parser.add_argument("--batch-size", type=int, default=256, help="documents per batch (default: 256)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Index the corpus and print one summary line."""
+    from secondpass.errors import ConfigurationError
+    from secondpass.indexing import index_corpus_file
+
+    corpus = args.dataset / "corpus.jsonl"
+    if not corpus.is_file():
+        msg = f"corpus file not found: {corpus}"
+        raise ConfigurationError(msg)
+    encoder = None
+    if args.dense:
+        from secondpass.pipeline.dense import SentenceTransformerEncoder
+
+        encoder = SentenceTransformerEncoder(args.encoder)
+    connector = make_connector(args.engine, args.url, args.index)
+    try:
+        report = index_corpus_file(
+            connector,
+            str(corpus),
+            encoder=encoder,
+            vector_field=args.vector_field,
+            batch_size=args.batch_size,
+            progress=True,
+        )
+    finally:
+        connector.close()
+    say(f"{args.index}: {report.summary()}")
+    for error in report.errors:
+        say(f"  failed: {error}")
+    return 1 if report.failed else 0

@@ -1,0 +1,115 @@
+"""``secondpass proxy``: an Elasticsearch/OpenSearch-compatible proxy that reranks ``_search``.
+
+Point an existing application at the proxy instead of the cluster; everything is
+forwarded, and search answers come back reranked. Every setting of
+:class:`~secondpass.service.proxy_settings.ProxySettings` is a flag (generated from
+the settings class, as for ``serve``); the passage fields of each index are given
+with ``--index NAME=FIELD[,FIELD...]`` and, optionally, ``--index-template
+NAME=TEMPLATE``. Secrets have no flags: set ``SECONDPASS_PROXY_PASSWORD`` or
+``SECONDPASS_PROXY_API_KEY`` in the environment or the config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+_AREAS = {"rerank": "SECONDPASS_RERANK_", "cache": "SECONDPASS_CACHE_"}
+_SPECIAL = ("indices",)
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``proxy`` sub-command."""
+    from secondpass.commands.serve import _add_flag
+    from secondpass.service.proxy_settings import CONFIG_FILE_ENV, ProxySettings
+
+    parser = subparsers.add_parser(
+        "proxy",
+        help="run a drop-in Elasticsearch/OpenSearch proxy that reranks _search",
+        description=(
+            "Listen like a cluster, forward everything to --upstream, rerank search "
+            "answers on the way back. Precedence: flags > SECONDPASS_PROXY_* variables > "
+            "config file > each area's own variables > defaults."
+        ),
+        epilog=(
+            "Example: secondpass proxy --upstream http://127.0.0.1:9200 --listen 127.0.0.1:9201 "
+            "--index docs=title,body --index-template 'docs={title}: {body}'"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", default=None,
+        help=f"settings file (.toml, .json or .yaml) [env {CONFIG_FILE_ENV}]",
+    )  # fmt: skip
+    parser.add_argument(
+        "--index", dest="index_fields", action="append", default=[], metavar="NAME=FIELDS",
+        help="passage fields of an index, alias or pattern, comma-separated (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--index-template", dest="index_templates", action="append", default=[],
+        metavar="NAME=TEMPLATE",
+        help="str.format template over an --index's fields, e.g. 'docs={title}: {body}'",
+    )  # fmt: skip
+    top = parser.add_argument_group("proxy")
+    for name, info in ProxySettings.model_fields.items():
+        if name in _AREAS or name in _SPECIAL:
+            continue
+        _add_flag(top, name, name, info, f"SECONDPASS_PROXY_{name.upper()}")
+    for area, prefix in _AREAS.items():
+        area_cls = ProxySettings.model_fields[area].annotation
+        assert isinstance(area_cls, type)
+        group = parser.add_argument_group(area)
+        for name, info in area_cls.model_fields.items():  # type: ignore[attr-defined]
+            _add_flag(group, f"{area}-{name}", f"{area}.{name}", info, f"{prefix}{name.upper()}")
+    parser.set_defaults(handler=_run)
+
+
+def _pairs(values: list[str], flag: str) -> dict[str, str]:
+    from secondpass.errors import ConfigurationError
+
+    out = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name or not rest:
+            msg = f"{flag} expects NAME=VALUE, got {value!r}"
+            raise ConfigurationError(msg)
+        out[name] = rest
+    return out
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the command line sets, as keyword overrides for ``ProxySettings.load``."""
+    from secondpass.errors import ConfigurationError
+
+    overrides: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if key in ("handler", "command", "verbose", "config", "index_fields", "index_templates"):
+            continue
+        area, _, name = key.partition(".")
+        if name:
+            overrides.setdefault(area, {})[name] = value
+        else:
+            overrides[key] = value
+    fields = _pairs(args.index_fields, "--index")
+    templates = _pairs(args.index_templates, "--index-template")
+    unknown = sorted(set(templates) - set(fields))
+    if unknown:
+        msg = f"--index-template names indices without --index: {unknown}"
+        raise ConfigurationError(msg)
+    if fields:
+        overrides["indices"] = {
+            name: {
+                "fields": [f.strip() for f in value.split(",") if f.strip()],
+                "template": templates.get(name),
+            }
+            for name, value in fields.items()
+        }
+    return overrides
+
+
+def _run(args: argparse.Namespace) -> int:
+    from secondpass.service.proxy import run
+    from secondpass.service.proxy_settings import ProxySettings
+
+    settings = ProxySettings.load(args.config, **overrides_from_args(args))
+    return run(settings)

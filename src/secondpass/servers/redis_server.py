@@ -1,0 +1,189 @@
+"""A throwaway ``redis-server`` on loopback, for the score-cache tests and the demo.
+
+Persistence is off (``save ''``, ``appendonly no``): the score cache is a cache,
+and a test that restarts Redis must see it empty, as after a real crash of a
+non-persistent cache. The configuration, password included, goes to
+``redis-server -`` on stdin so the password never appears in ``ps`` output.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from secondpass.errors import ServerStartError
+from secondpass.servers import _process
+from secondpass.servers.versions import REDIS_SERVER_BINARY
+
+log = logging.getLogger(__name__)
+
+
+def _ping(port: int, timeout_s: float = 0.5) -> bool:
+    """True once the server answers anything to PING (``+PONG`` or ``-NOAUTH``)."""
+    try:
+        with socket.create_connection((_process.LOOPBACK, port), timeout=timeout_s) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64)[:1] in (b"+", b"-")
+    except OSError:
+        return False
+
+
+class LocalRedis:
+    """One ``redis-server`` process on 127.0.0.1 with persistence off.
+
+    Construction does no I/O; :meth:`start` picks a free port (kept across
+    :meth:`stop`/:meth:`start`, so clients can reconnect to the same URL) and
+    waits until the server answers.
+
+    Example:
+        >>> with LocalRedis() as server:  # doctest: +SKIP
+        ...     server.url
+        'redis://127.0.0.1:40197/0'
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        password: str | None = None,
+        binary: str | None = None,
+        start_timeout_s: float = 20.0,
+        maxmemory_mb: int | None = 256,
+    ) -> None:
+        self.port = port
+        self.password = password
+        self.binary = binary
+        self.start_timeout_s = start_timeout_s
+        self.maxmemory_mb = maxmemory_mb
+        self._workdir: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:<port>/0`` (no password: pass it separately)."""
+        if self.port is None:
+            msg = "LocalRedis has no port until it is started"
+            raise ServerStartError(msg)
+        return f"redis://{_process.LOOPBACK}:{self.port}/0"
+
+    @property
+    def host(self) -> str:
+        """Always the loopback address."""
+        return _process.LOOPBACK
+
+    @property
+    def log_path(self) -> Path | None:
+        """The server's log file (``None`` before the first start)."""
+        return None if self._workdir is None else self._workdir / "redis.log"
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the server log."""
+        return "" if self.log_path is None else _process.tail(self.log_path, lines)
+
+    def is_running(self) -> bool:
+        """Whether the process is alive (it may be paused)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def _config(self) -> str:
+        assert self._workdir is not None
+        lines = [
+            f"port {self.port}",
+            f"bind {_process.LOOPBACK}",
+            "protected-mode yes",
+            "daemonize no",
+            'save ""',
+            "appendonly no",
+            f'dir "{self._workdir}"',
+            f'logfile "{self._workdir / "redis.log"}"',
+        ]
+        if self.maxmemory_mb is not None:
+            lines += [f"maxmemory {self.maxmemory_mb}mb", "maxmemory-policy allkeys-lru"]
+        if self.password is not None:
+            lines.append(f'requirepass "{self.password}"')
+        return "\n".join(lines) + "\n"
+
+    def start(self) -> LocalRedis:
+        """Start the server (same port as before, if any) and wait for PING; idempotent."""
+        if self.is_running():
+            return self
+        binary = self.binary or shutil.which(REDIS_SERVER_BINARY)
+        if binary is None:
+            msg = "redis-server is not installed (scripts/bootstrap.sh installs Debian's package)"
+            raise ServerStartError(msg)
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix="secondpass-redis-"))
+        if self.port is None:
+            self.port = _process.free_port()
+        console = self._workdir / "console.log"
+        self._proc = _process.spawn(
+            [binary, "-"], env={"PATH": "/usr/bin:/bin"}, log_path=console, stdin_text=self._config()
+        )
+        deadline = time.monotonic() + self.start_timeout_s
+        while not _ping(self.port):
+            code = self._proc.poll()
+            if code is not None or time.monotonic() > deadline:
+                why = f"exited with code {code}" if code is not None else "did not answer in time"
+                tail = self.log_tail() or _process.tail(console)
+                _process.kill(self._proc)
+                self._proc = None
+                msg = f"redis-server on port {self.port} {why}; last log lines:\n{tail}"
+                raise ServerStartError(msg)
+            time.sleep(0.05)
+        log.info("redis-server ready on %s", self.url)
+        return self
+
+    def stop(self, *, grace_s: float = 10.0) -> None:
+        """SIGTERM (SIGKILL after ``grace_s``); the next :meth:`start` reuses the port."""
+        if self._proc is not None:
+            _process.terminate(self._proc, grace_s=grace_s)
+            self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL at once, as a crash would."""
+        if self._proc is not None:
+            _process.kill(self._proc)
+            self._proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: clients connect (the kernel accepts) but get no answer."""
+        if self._proc is not None:
+            _process.signal_group(self._proc, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        if self._proc is not None:
+            _process.signal_group(self._proc, signal.SIGCONT)
+
+    def restart(self) -> LocalRedis:
+        """Stop and start again on the same port (the data is gone: no persistence)."""
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop and remove the working directory."""
+        self.stop()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def __enter__(self) -> LocalRedis:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = self.url if self.port is not None else "not started"
+        return f"LocalRedis({where})"
