@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from secondpass.errors import MissingDependencyError, ModelLoadError, RerankError
+from secondpass.errors import ConfigurationError, MissingDependencyError, ModelLoadError, RerankError
 from secondpass.types import EMPTY_PASSAGE_RAW_SCORE, PassageScore
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class SentenceTransformerEncoder:
     ) -> None:
         if batch_size < 1:
             msg = f"batch_size must be >= 1, got {batch_size}"
-            raise ValueError(msg)
+            raise ConfigurationError(msg)
         self._packaged = model is None
         self._model_ref = model
         self.revision = revision
