@@ -111,7 +111,11 @@ def run(url: str, args: argparse.Namespace) -> None:
             body = {"query": {"match": {"text": queries[i % len(queries)]}}, "size": args.size}
             for mode in modes:
                 base, headers = targets[mode]
-                ms, response = timed(lambda b=base, h=headers: http.post(f"{b}/{INDEX}/_search", json=body, headers=h))  # type: ignore[misc]
+                ms, response = timed(
+                    lambda b=base, h=headers, q=body: http.post(
+                        f"{b}/{INDEX}/_search", json=q, headers=h
+                    )  # type: ignore[misc]
+                )
                 if i < args.warmup:
                     continue
                 wall[mode].append(ms)
@@ -127,7 +131,9 @@ def run(url: str, args: argparse.Namespace) -> None:
 
     print(f"\nproxy latency, {args.repeat} searches per mode after {args.warmup} warm-up rounds")
     print(f"  engine {url}, {documents} documents, size {args.size}, window {args.window}")
-    print(f"  scorer: {description}, device {args.device or 'auto'}, cache {'on' if args.cache else 'off'}")
+    print(
+        f"  scorer: {description}, device {args.device or 'auto'}, cache {'on' if args.cache else 'off'}"
+    )
     print("  times are client wall milliseconds (keep-alive connection, this process)\n")
     base50, base99 = percentile(wall["direct"], 0.5), percentile(wall["direct"], 0.99)
     print(f"  {'':<28}{'p50 ms':>10}{'p99 ms':>10}{'added p50':>12}{'added p99':>12}")
@@ -137,17 +143,25 @@ def run(url: str, args: argparse.Namespace) -> None:
         label = f"{mode} (baseline)" if mode == "direct" else mode
         print(f"  {label:<28}{p50:>10.2f}{p99:>10.2f}{added}")
     print("\n  inside the proxy, reranked searches (Server-Timing):")
-    print(f"  {'rerank (model + cache)':<28}{percentile(rerank_ms, 0.5):>10.2f}{percentile(rerank_ms, 0.99):>10.2f}")
-    print(f"  {'proxy own (parse, rewrite)':<28}{percentile(own_ms, 0.5):>10.2f}{percentile(own_ms, 0.99):>10.2f}")
+    print(
+        f"  {'rerank (model + cache)':<28}{percentile(rerank_ms, 0.5):>10.2f}{percentile(rerank_ms, 0.99):>10.2f}"
+    )
+    print(
+        f"  {'proxy own (parse, rewrite)':<28}{percentile(own_ms, 0.5):>10.2f}{percentile(own_ms, 0.99):>10.2f}"
+    )
     ratio = percentile(wall["proxy, on"], 0.5) / base50
-    print(f"\n  reranked p50 is x{ratio:.1f} the direct p50; mean direct {statistics.fmean(wall['direct']):.2f} ms")
+    print(
+        f"\n  reranked p50 is x{ratio:.1f} the direct p50; mean direct {statistics.fmean(wall['direct']):.2f} ms"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", help="an existing engine's URL (default: start a local one)")
     parser.add_argument("--engine", choices=("opensearch", "elasticsearch"), default="opensearch")
-    parser.add_argument("--model", help="cross-encoder id or directory (default: the configured one)")
+    parser.add_argument(
+        "--model", help="cross-encoder id or directory (default: the configured one)"
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: auto)")
     parser.add_argument("--window", type=int, default=50, help="hits reranked per search")
     parser.add_argument("--size", type=int, default=10, help="hits per page")

@@ -179,7 +179,7 @@ def _require_ir_measures() -> Any:
     try:
         import ir_measures
     except ImportError as exc:
-        raise MissingDependencyError("ir-measures", "eval") from exc
+        raise MissingDependencyError(package="ir-measures", extra="eval") from exc
     return ir_measures
 
 
@@ -417,7 +417,7 @@ def plot_report(report: EvalReport, path: str | Path) -> Path:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise MissingDependencyError("matplotlib", "eval") from exc
+        raise MissingDependencyError(package="matplotlib", extra="eval") from exc
 
     labels = list(report.pipelines)
     windows = {e["rerank_window"] for e in report.pipelines.values() if e["rerank_window"] is not None}

@@ -67,7 +67,9 @@ def official_client(name: str, url: str) -> Any:
 
         # The 9.x client's compatible-with=9 media types are refused by an 8.x
         # server, with or without the proxy; configure it as for a direct connection.
-        return Elasticsearch(**client_kwargs(ConnectionSettings(engine="elasticsearch", hosts=[url])))
+        return Elasticsearch(
+            **client_kwargs(ConnectionSettings(engine="elasticsearch", hosts=[url]))
+        )
     from opensearchpy import OpenSearch
 
     return OpenSearch(hosts=[url], timeout=30)
@@ -102,7 +104,9 @@ class Api:
         return self._call(self.client.clear_scroll, body={"scroll_id": scroll_id})
 
     def index(self, index: str, doc_id: str, document: dict[str, Any]) -> Any:
-        return self._call(self.client.index, index=index, id=doc_id, body=document, params={"refresh": "true"})
+        return self._call(
+            self.client.index, index=index, id=doc_id, body=document, params={"refresh": "true"}
+        )
 
     def bulk(self, operations: list[dict[str, Any]]) -> Any:
         return self._call(self.client.bulk, body=operations, params={"refresh": "true"})
@@ -147,8 +151,14 @@ def index(engine: EngineHandle) -> Iterator[str]:
             f"/{index}",
             json={
                 "settings": {"number_of_shards": 1, "number_of_replicas": 0},
-                "mappings": {"properties": {"title": {"type": "text"}, "body": {"type": "text"},
-                                            "tag": {"type": "keyword"}, "n": {"type": "integer"}}},
+                "mappings": {
+                    "properties": {
+                        "title": {"type": "text"},
+                        "body": {"type": "text"},
+                        "tag": {"type": "keyword"},
+                        "n": {"type": "integer"},
+                    }
+                },
             },  # fmt: skip
         )
         assert created.status_code == 200, created.text
@@ -186,12 +196,16 @@ def clients(engine: EngineHandle, proxy: tuple[str, RerankProxy]) -> Iterator[tu
     direct.close()
 
 
-def facade_order(engine: EngineHandle, index: str, scorer: Any, *, k: int, offset: int = 0) -> list[Any]:
+def facade_order(
+    engine: EngineHandle, index: str, scorer: Any, *, k: int, offset: int = 0
+) -> list[Any]:
     """The facade's answer to the same query: Retriever.search over the connector."""
     name, url = engine
     connector = connector_for(name, url, index)
     try:
-        with Retriever(connector=connector, scorer=scorer, window=WINDOW, rank_by="raw") as retriever:
+        with Retriever(
+            connector=connector, scorer=scorer, window=WINDOW, rank_by="raw"
+        ) as retriever:
             result = retriever.search(QUERY_TEXT, k=k, offset=offset, body={"query": MATCH})
     finally:
         connector.close()
@@ -248,7 +262,9 @@ def test_search_is_reranked_like_the_facade_and_keeps_the_engine_shape(
     plain = direct.search(index, search)
     expected = facade_order(engine, index, tiny_scorer, k=5)
     assert [h["_id"] for h in got["hits"]["hits"]] == [r.hit.id for r in expected]
-    assert [h["_score"] for h in got["hits"]["hits"]] == pytest.approx([r.score for r in expected], rel=1e-5)
+    assert [h["_score"] for h in got["hits"]["hits"]] == pytest.approx(
+        [r.score for r in expected], rel=1e-5
+    )
     assert [h["_id"] for h in got["hits"]["hits"]] != [h["_id"] for h in plain["hits"]["hits"]]
     assert got["hits"]["total"] == plain["hits"]["total"]
     assert got["aggregations"] == plain["aggregations"]
@@ -260,7 +276,9 @@ def test_search_is_reranked_like_the_facade_and_keeps_the_engine_shape(
     first = {h["_id"]: (h["_score"], rank) for rank, h in enumerate(window, start=1)}
     for hit in got["hits"]["hits"]:
         assert hit["fields"]["_secondpass.first_stage_rank"] == [first[hit["_id"]][1]]
-        assert hit["fields"]["_secondpass.first_stage_score"] == [pytest.approx(first[hit["_id"]][0])]
+        assert hit["fields"]["_secondpass.first_stage_score"] == [
+            pytest.approx(first[hit["_id"]][0])
+        ]
         assert hit["_source"] == next(h["_source"] for h in window if h["_id"] == hit["_id"])
 
 
@@ -286,7 +304,10 @@ def test_source_filtering_is_respected_while_reranking(
     assert [h["_id"] for h in no_source["hits"]["hits"]] == expected
     for hit in no_source["hits"]["hits"]:
         assert "_source" not in hit
-        assert set(hit["fields"]) == {"_secondpass.first_stage_score", "_secondpass.first_stage_rank"}
+        assert set(hit["fields"]) == {
+            "_secondpass.first_stage_score",
+            "_secondpass.first_stage_rank",
+        }
     only_tag = via.search(index, {"query": MATCH, "size": 4, "_source": ["tag"], "fields": ["n"]})
     assert [h["_id"] for h in only_tag["hits"]["hits"]] == expected
     for hit in only_tag["hits"]["hits"]:
@@ -307,7 +328,11 @@ def test_pages_walk_one_order_across_the_window(
         seen += [h["_id"] for h in page["hits"]["hits"]]
     assert seen == expected
     assert len(set(seen)) == total
-    beyond = {"query": MATCH, "from": WINDOW, "size": 4}  # wholly past the window: the engine's page
+    beyond = {
+        "query": MATCH,
+        "from": WINDOW,
+        "size": 4,
+    }  # wholly past the window: the engine's page
     assert via.search(index, beyond)["hits"]["hits"] == direct.search(index, beyond)["hits"]["hits"]
 
 
@@ -352,7 +377,10 @@ def test_engine_errors_reach_the_client_with_the_engines_status_and_body(
     _, url = engine
     bad_query = {"query": {"match": {"body": {"query": "cat", "no_such_option": 1}}}}
     with httpx.Client(timeout=30) as http:
-        for path, body in ((f"/{index}/_search", bad_query), ("/no-such-index-xyz/_search", {"query": MATCH})):
+        for path, body in (
+            (f"/{index}/_search", bad_query),
+            ("/no-such-index-xyz/_search", {"query": MATCH}),
+        ):
             direct = http.post(url + path, json=body)
             via = http.post(proxy[0] + path, json=body)
             assert via.status_code == direct.status_code
@@ -397,15 +425,15 @@ def test_opting_out_gives_the_engines_answer(
     with httpx.Client(timeout=30) as http:
         direct = http.post(f"{url}/{index}/_search", json=search).json()
         off = http.post(f"{proxy[0]}/{index}/_search?secondpass_rerank=off", json=search)
-        header = http.post(f"{proxy[0]}/{index}/_search", json=search, headers={"X-SecondPass-Rerank": "off"})
+        header = http.post(
+            f"{proxy[0]}/{index}/_search", json=search, headers={"X-SecondPass-Rerank": "off"}
+        )
     for answer in (off, header):
         assert answer.headers["x-secondpass-rerank"] == "skipped; reason=disabled by the client"
         assert strip_took(answer.json()) == strip_took(direct)
 
 
-def test_a_failing_scorer_answers_in_engine_order(
-    engine: EngineHandle, index: str
-) -> None:
+def test_a_failing_scorer_answers_in_engine_order(engine: EngineHandle, index: str) -> None:
     class Broken:
         fingerprint = "broken"
 
@@ -458,7 +486,9 @@ def test_the_cli_serves_the_proxy(
                 time.sleep(0.5)
         assert health["number_of_nodes"] == 1
         with httpx.Client(timeout=30) as http:
-            answer = http.post(f"http://127.0.0.1:{port}/{index}/_search", json={"query": MATCH, "size": 3})
+            answer = http.post(
+                f"http://127.0.0.1:{port}/{index}/_search", json={"query": MATCH, "size": 3}
+            )
         assert answer.headers["x-secondpass-rerank"] == "ok"
         assert len(answer.json()["hits"]["hits"]) == 3
         assert api.count(index)["count"] == 24
@@ -479,3 +509,28 @@ def test_docs_example_runs(
     httpx.delete(f"{url}/secondpass-proxy-docs")  # a crashed earlier run must not change this one
     ns = run_blocks("proxy.md")
     assert ns["answer"].headers["x-secondpass-rerank"] == "ok"  # type: ignore[attr-defined]
+
+
+def test_client_credentials_pass_through_and_configured_ones_fill_in(
+    elasticsearch_secure: Any, tiny_scorer: Any
+) -> None:
+    secure = elasticsearch_secure
+    auth = (secure.username, secure.password)
+    bare = RerankProxy(ProxySettings(upstream=secure.url), scorer=tiny_scorer)
+    filled = RerankProxy(
+        ProxySettings(upstream=secure.url, username=secure.username, password=secure.password),
+        scorer=tiny_scorer,
+    )
+    with BackgroundProxy(bare) as bare_url, BackgroundProxy(filled) as filled_url:
+        with httpx.Client(timeout=30) as http:
+            direct = http.get(f"{secure.url}/_cluster/health")
+            anonymous = http.get(f"{bare_url}/_cluster/health")
+            assert anonymous.status_code == direct.status_code == 401
+            assert anonymous.content == direct.content
+            assert anonymous.headers.get("www-authenticate") == direct.headers.get("www-authenticate")
+            assert http.get(f"{bare_url}/_cluster/health", auth=auth).status_code == 200
+            assert http.get(f"{filled_url}/_cluster/health").status_code == 200
+            wrong = http.get(f"{filled_url}/_cluster/health", auth=(secure.username, "wrong"))
+            assert wrong.status_code == 401  # the client's own header wins, even a wrong one
+    for proxy in (bare, filled):
+        proxy.retriever.close()

@@ -33,7 +33,9 @@ class NumberScorer:
         self.delay_s = delay_s
         self.calls: list[tuple[str, list[str]]] = []
 
-    def score(self, query: str, passages: Sequence[str], *, timings: dict | None = None) -> list[PassageScore]:
+    def score(
+        self, query: str, passages: Sequence[str], *, timings: dict | None = None
+    ) -> list[PassageScore]:
         self.calls.append((query, list(passages)))
         if self.delay_s:
             time.sleep(self.delay_s)
@@ -45,13 +47,20 @@ class NumberScorer:
             out.append(PassageScore(raw=number, normalized=number / 1000))
         return out
 
-    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, timings: dict | None = None) -> list[PassageScore]:
+    def score_pairs(
+        self, pairs: Sequence[tuple[str, str]], *, timings: dict | None = None
+    ) -> list[PassageScore]:
         return [self.score(q, [p])[0] for q, p in pairs]
 
 
 def engine_hits(n: int, start: int = 0) -> list[dict]:
     return [
-        {"_index": "docs", "_id": str(i), "_score": float(100 - i), "_source": {"title": f"t{i}", "body": f"b{i}"}}
+        {
+            "_index": "docs",
+            "_id": str(i),
+            "_score": float(100 - i),
+            "_source": {"title": f"t{i}", "body": f"b{i}"},
+        }
         for i in range(start, start + n)
     ]
 
@@ -90,7 +99,9 @@ class Upstream:
         request.read()
         self.requests.append(request)
         answer = self.answer(request)
-        return httpx.Response(answer.status_code, headers=answer.headers.raw, stream=_Body(answer.content))
+        return httpx.Response(
+            answer.status_code, headers=answer.headers.raw, stream=_Body(answer.content)
+        )
 
     def answer(self, request: httpx.Request) -> httpx.Response:
         if self.handler is not None:
@@ -101,12 +112,16 @@ class Upstream:
             return httpx.Response(200, json={"took": 9, "responses": answers})
         if request.url.path.endswith("/_search"):
             body = json.loads(request.content or b"{}")
-            return httpx.Response(200, json=search_answer(body), headers={"X-Elastic-Product": "Elasticsearch"})
+            return httpx.Response(
+                200, json=search_answer(body), headers={"X-Elastic-Product": "Elasticsearch"}
+            )
         return httpx.Response(201, content=b'{"result":"created"}',
                               headers=[("content-type", "application/json"), ("warning", "a"), ("warning", "b")])  # fmt: skip
 
 
-def make_client(upstream: Upstream, scorer: NumberScorer | None = None, **settings: object) -> httpx.AsyncClient:
+def make_client(
+    upstream: Upstream, scorer: NumberScorer | None = None, **settings: object
+) -> httpx.AsyncClient:
     config = ProxySettings(
         upstream=UPSTREAM,
         window=10,
@@ -114,7 +129,9 @@ def make_client(upstream: Upstream, scorer: NumberScorer | None = None, **settin
         rerank={"rank_by": "raw"},
         **settings,  # type: ignore[arg-type]
     )
-    proxy = RerankProxy(config, scorer=scorer or NumberScorer(), transport=httpx.MockTransport(upstream))
+    proxy = RerankProxy(
+        config, scorer=scorer or NumberScorer(), transport=httpx.MockTransport(upstream)
+    )
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://proxy.test")
 
 
@@ -124,7 +141,9 @@ MATCH = {"query": {"match": {"body": "cats"}}}
 async def test_search_is_reranked_over_the_window_and_cut_to_the_page() -> None:
     upstream = Upstream()
     async with make_client(upstream) as client:
-        response = await client.post("/docs/_search?typed_keys=true", json={**MATCH, "from": 2, "size": 3})
+        response = await client.post(
+            "/docs/_search?typed_keys=true", json={**MATCH, "from": 2, "size": 3}
+        )
     assert response.status_code == 200
     assert response.headers["x-secondpass-rerank"] == "ok"
     assert response.headers["x-elastic-product"] == "Elasticsearch"
@@ -132,7 +151,11 @@ async def test_search_is_reranked_over_the_window_and_cut_to_the_page() -> None:
     assert (sent["from"], sent["size"]) == (0, 10)
     assert upstream.requests[0].url.query == b"typed_keys=true"
     body = response.json()
-    assert [h["_id"] for h in body["hits"]["hits"]] == ["7", "6", "5"]  # window 0..9 reversed, page 2..4
+    assert [h["_id"] for h in body["hits"]["hits"]] == [
+        "7",
+        "6",
+        "5",
+    ]  # window 0..9 reversed, page 2..4
     assert [h["_score"] for h in body["hits"]["hits"]] == [7.0, 6.0, 5.0]  # rerank.rank_by: raw
     assert body["hits"]["max_score"] == 9.0
     assert body["hits"]["total"] == {"value": 30, "relation": "eq"}
@@ -142,9 +165,13 @@ async def test_search_is_reranked_over_the_window_and_cut_to_the_page() -> None:
         "_secondpass.first_stage_score": [93.0], "_secondpass.first_stage_rank": [8]
     }  # fmt: skip
     assert int(response.headers["content-length"]) == len(response.content)
-    timing = dict(part.strip().split(";dur=") for part in response.headers["server-timing"].split(","))
+    timing = dict(
+        part.strip().split(";dur=") for part in response.headers["server-timing"].split(",")
+    )
     assert set(timing) == {"engine", "rerank", "total"}
-    assert float(timing["total"]) + 0.2 >= float(timing["engine"]) + float(timing["rerank"])  # 0.1 ms rounding
+    assert float(timing["total"]) + 0.2 >= float(timing["engine"]) + float(
+        timing["rerank"]
+    )  # 0.1 ms rounding
 
 
 async def test_non_search_requests_pass_through_byte_for_byte() -> None:
@@ -237,7 +264,9 @@ async def test_a_rejected_window_request_is_replayed_as_the_client_wrote_it() ->
     upstream = Upstream(handler)
     raw = json.dumps({**MATCH, "size": 2}).encode()
     async with make_client(upstream) as client:
-        response = await client.post("/docs/_search", content=raw, headers={"content-type": "application/json"})
+        response = await client.post(
+            "/docs/_search", content=raw, headers={"content-type": "application/json"}
+        )
     assert [r.content for r in upstream.requests][1] == raw
     assert response.status_code == 200
     assert [h["_id"] for h in response.json()["hits"]["hits"]] == ["0", "1"]
@@ -256,16 +285,27 @@ async def test_an_unreachable_engine_is_a_gateway_error() -> None:
 
 async def test_msearch_reranks_each_search() -> None:
     upstream = Upstream()
-    lines = [{"index": "docs"}, {**MATCH, "size": 2}, {"index": "docs"}, {**MATCH, "size": 0}, {"index": "logs"}, MATCH]
+    lines = [
+        {"index": "docs"},
+        {**MATCH, "size": 2},
+        {"index": "docs"},
+        {**MATCH, "size": 0},
+        {"index": "logs"},
+        MATCH,
+    ]
     data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
     async with make_client(upstream) as client:
-        response = await client.post("/_msearch", content=data, headers={"content-type": "application/x-ndjson"})
+        response = await client.post(
+            "/_msearch", content=data, headers={"content-type": "application/x-ndjson"}
+        )
     sent = [json.loads(line) for line in upstream.requests[0].content.splitlines()]
     assert sent[1]["size"] == 10 and sent[3] == {**MATCH, "size": 0} and sent[5] == MATCH
     responses = response.json()["responses"]
     assert [h["_id"] for h in responses[0]["hits"]["hits"]] == ["9", "8"]
     assert responses[1]["hits"]["hits"] == []  # size 0 untouched
-    assert responses[2]["hits"]["hits"] == search_answer(MATCH)["hits"]["hits"]  # no config for logs
+    assert (
+        responses[2]["hits"]["hits"] == search_answer(MATCH)["hits"]["hits"]
+    )  # no config for logs
     assert response.headers["x-secondpass-rerank"] == (
         "ok, skipped; reason=size is 0, skipped; reason=no passage fields configured for this index"
     )

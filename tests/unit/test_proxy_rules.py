@@ -20,8 +20,12 @@ def params(raw: bytes = b"") -> list[rules.QueryParam]:
     return rules.split_query(raw)
 
 
-def plan(body: dict, raw: bytes = b"", *, header: str | None = None, window: int = WINDOW) -> SearchPlan:
-    result = rules.plan_search(body, params(raw), window=window, text_fields=FIELDS, header_query=header)
+def plan(
+    body: dict, raw: bytes = b"", *, header: str | None = None, window: int = WINDOW
+) -> SearchPlan:
+    result = rules.plan_search(
+        body, params(raw), window=window, text_fields=FIELDS, header_query=header
+    )
     assert isinstance(result, SearchPlan), result
     return result
 
@@ -51,6 +55,7 @@ MATCH = {"query": {"match": {"body": "what do cats eat"}}}
         ({**MATCH, "size": "ten"}, b"", "size is not a non-negative integer"),
         ({**MATCH, "from": -1}, b"", "from is not a non-negative integer"),
         (MATCH, b"source=%7B%7D", "request body given in the URL (source=)"),
+        (MATCH, b"filter_path=hits.hits._id", "filter_path"),
     ],
 )
 def test_searches_that_cannot_be_reranked_pass_through(body: dict, raw: bytes, reason: str) -> None:
@@ -246,7 +251,11 @@ def test_hits_are_built_in_engine_order_with_text_from_source_or_fields() -> Non
     raw["hits"]["hits"][1] = {**raw["hits"]["hits"][1], "_source": {"title": "t1"},
                               "fields": {"body": ["first", "second"]}}  # fmt: skip
     hits = rules.build_hits(raw, p)
-    assert [(h.id, h.rank, h.score) for h in hits] == [("0", 1, 100.0), ("1", 2, 99.0), ("2", 3, 98.0)]
+    assert [(h.id, h.rank, h.score) for h in hits] == [
+        ("0", 1, 100.0),
+        ("1", 2, 99.0),
+        ("2", 3, 98.0),
+    ]
     assert hits[1].fields == {"title": "t1", "body": "first second"}
     narrowed = rules.build_hits(raw, p, fields_for=lambda index: ("body",))
     assert narrowed[1].fields == {"body": "first second"}
@@ -269,7 +278,9 @@ def ranked_result(order: list[int], n: int, window: int) -> SearchResult:
         RankedHit(hits[i], pos, 1.0 - pos / 100, PassageScore(1.0 - pos / 100, 1.0 - pos / 100))
         for pos, i in enumerate(order, start=1)
     ]
-    ranked += [RankedHit(hits[i], pos, None) for pos, i in enumerate(range(window, n), start=window + 1)]
+    ranked += [
+        RankedHit(hits[i], pos, None) for pos, i in enumerate(range(window, n), start=window + 1)
+    ]
     return SearchResult(hits=tuple(ranked), status="ok", window=window, reranked=window)
 
 
@@ -290,7 +301,10 @@ def test_reranked_page_keeps_the_engine_shape_and_carries_first_stage_evidence()
     assert response["hits"]["hits"][2]["_score"] == 98.0  # the input is not modified
 
     other = rules.reranked_response(response, p, result, annotation="_secondpass")
-    assert other["hits"]["hits"][0]["_secondpass"] == {"first_stage_score": 98.0, "first_stage_rank": 3}
+    assert other["hits"]["hits"][0]["_secondpass"] == {
+        "first_stage_score": 98.0,
+        "first_stage_rank": 3,
+    }
     assert "fields" not in other["hits"]["hits"][0]
     bare = rules.reranked_response(response, p, result, annotation="none")
     assert set(bare["hits"]["hits"][0]) == set(response["hits"]["hits"][2])
@@ -389,3 +403,27 @@ def test_index_rules_pick_entries_by_name_pattern_alias_and_default() -> None:
     assert alias.for_hit("docs-v2") is docs
     assert only.resolve("docs,logs-1").for_hit("docs-v2") is None
     assert only.resolve("nothing").fields == ()
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 60) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=12,
+)
+KEYS = st.sampled_from(
+    ["query", "from", "size", "sort", "_source", "fields", "stored_fields", "match", "bool",
+     "must", "should", "multi_match", "query_string", "includes", "excludes", "aggs"]
+)  # fmt: skip
+BODIES = st.recursive(
+    st.dictionaries(KEYS, JSON, max_size=4),
+    lambda inner: st.dictionaries(KEYS, inner | JSON | st.lists(inner, max_size=2), max_size=4),
+    max_leaves=10,
+)
+
+
+@given(BODIES, st.binary(max_size=40))
+def test_any_client_body_is_planned_or_passed_through_never_crashes(body: dict, raw: bytes) -> None:
+    result = rules.plan_search(body, params(raw), window=WINDOW, text_fields=FIELDS)
+    assert isinstance(result, (SearchPlan, Skip))
+    if isinstance(result, SearchPlan):
+        assert result.body["from"] == 0 and result.body["size"] == result.fetch >= WINDOW

@@ -11,7 +11,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from secondpass.commands._engine import add_engine_arguments, engine_url, make_connector, note, say, slug
+from secondpass.commands._engine import (
+    add_engine_arguments,
+    engine_url,
+    make_connector,
+    note,
+    say,
+    slug,
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

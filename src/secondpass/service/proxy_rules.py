@@ -11,7 +11,7 @@ The rules, in the words of ``docs/proxy.md``:
 * **Pass-through** (no rerank) for ``size: 0``, a ``sort`` on anything but
   ``_score`` descending, ``scroll``, ``search_after``, point in time (``pit``),
   ``retriever``/``rank`` bodies, ``stored_fields: "_none_"``, a body in the URL
-  (``source=``), a page that starts at or past the rerank window, and when the client
+  (``source=``), ``filter_path``, a page that starts at or past the rerank window, and when the client
   opts out (``X-SecondPass-Rerank: off`` or ``?secondpass_rerank=off``).
 * **Query text**: the ``X-SecondPass-Query`` header when present; otherwise the
   values of the scoring clauses of ``query`` (see :func:`extract_query_text`), or the
@@ -61,6 +61,8 @@ FIRST_STAGE_RANK = "_secondpass.first_stage_rank"
 _PASS_THROUGH_PARAMS = {
     "scroll": "scroll",
     "source": "request body given in the URL (source=)",
+    # The engine would filter away the ids, scores and text the rerank needs.
+    "filter_path": "filter_path",
 }
 # Body keys with the same effect.
 _PASS_THROUGH_KEYS = {
@@ -283,9 +285,7 @@ def client_page(body: Mapping[str, Any], params: Sequence[QueryParam]) -> tuple[
     offset_value = _param(params, "from")
     size_value = _param(params, "size")
     offset = _as_int(offset_value if offset_value is not None else body.get("from", 0), "from")
-    size = _as_int(
-        size_value if size_value is not None else body.get("size", DEFAULT_SIZE), "size"
-    )
+    size = _as_int(size_value if size_value is not None else body.get("size", DEFAULT_SIZE), "size")
     return offset, size
 
 
@@ -533,8 +533,10 @@ def plan_search(
     )
     if added:
         existing = rewritten.get("fields")
-        existing_list = list(existing) if isinstance(existing, list) else (
-            [] if existing is None else [existing]
+        existing_list = (
+            list(existing)
+            if isinstance(existing, list)
+            else ([] if existing is None else [existing])
         )
         rewritten["fields"] = existing_list + list(added)
     kept = [p for p in params if p.key not in ("from", "size", OPT_OUT_PARAM)]

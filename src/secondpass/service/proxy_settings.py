@@ -97,7 +97,9 @@ class ProxySettings(BaseSettings):
     # -- toward the upstream ---------------------------------------------------
     username: str | None = Field(None, description="basic auth user, for clients that send none")
     password: SecretStr | None = Field(None, description="basic auth password")
-    api_key: SecretStr | None = Field(None, description="API key (base64 id:key), for clients that send none")
+    api_key: SecretStr | None = Field(
+        None, description="API key (base64 id:key), for clients that send none"
+    )
     verify_certs: bool = Field(True, description="verify the upstream's TLS certificate")
     ca_certs: str | None = Field(None, description="CA bundle for the upstream's certificate")
     client_cert: str | None = Field(None, description="client certificate for mutual TLS")
@@ -183,7 +185,10 @@ class ProxySettings(BaseSettings):
             else None
         )
         return IndexTextRules(
-            tuple(IndexText(name, tuple(cfg.fields), cfg.template) for name, cfg in self.indices.items()),
+            tuple(
+                IndexText(name, tuple(cfg.fields), cfg.template)
+                for name, cfg in self.indices.items()
+            ),
             default,
         )
 

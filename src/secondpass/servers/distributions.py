@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tqdm import tqdm
+
 from secondpass.errors import ServerStartError
 from secondpass.servers import _java
 from secondpass.servers.versions import ENGINES, Artifact, EngineSpec
@@ -51,7 +53,7 @@ def is_fetched(engine: EngineSpec) -> bool:
 
 
 def maven_repository() -> Path:
-    """The local Maven repository ``mvn dependency:get`` fills."""
+    """The local Maven repository ``mvn dependency:get`` fills (``SECONDPASS_MAVEN_REPO`` overrides)."""
     explicit = os.environ.get("SECONDPASS_MAVEN_REPO")
     return Path(explicit) if explicit else Path.home() / ".m2" / "repository"
 
@@ -67,6 +69,8 @@ def maven_artifact(artifact: Artifact, *, timeout_s: float = 1800.0) -> Path:
         raise ServerStartError(msg)
     log.info("downloading %s from Maven Central", artifact.coordinate)
     argv = [mvn, "-q", "-B", "dependency:get", f"-Dartifact={artifact.coordinate}", "-Dtransitive=false"]
+    if os.environ.get("SECONDPASS_MAVEN_REPO"):
+        argv.append(f"-Dmaven.repo.local={maven_repository()}")
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:
@@ -101,14 +105,20 @@ def _locked(name: str, *, timeout_s: float = 1800.0) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _unzip(archive: Path, dest: Path) -> None:
+def _unzip(archive: Path, dest: Path, *, progress: bool = False) -> None:
     """Extract ``archive`` into ``dest`` keeping Unix modes (zipfile drops them)."""
     with zipfile.ZipFile(archive) as zf:
-        for info in zf.infolist():
-            target = Path(zf.extract(info, dest))
-            mode = (info.external_attr >> 16) & 0o7777
-            if mode and not info.is_dir():
-                target.chmod(mode)
+        members = zf.infolist()
+        total = sum(info.file_size for info in members)
+        with tqdm(
+            total=total, unit="B", unit_scale=True, desc=f"unpack {archive.name}", disable=not progress
+        ) as bar:
+            for info in members:
+                target = Path(zf.extract(info, dest))
+                mode = (info.external_attr >> 16) & 0o7777
+                if mode and not info.is_dir():
+                    target.chmod(mode)
+                bar.update(info.file_size)
 
 
 def _single_child(directory: Path) -> Path:
@@ -138,11 +148,12 @@ def _install_plugins(engine: EngineSpec, home: Path) -> None:
             raise ServerStartError(msg)
 
 
-def fetch(engine: EngineSpec) -> Path:
+def fetch(engine: EngineSpec, *, progress: bool = False) -> Path:
     """Make sure ``engine`` (with its plugins) is unpacked in the cache; return its home.
 
     Idempotent and cheap when already done. Raises ``ServerStartError`` when the
-    download, the unpacking or a plugin installation fails.
+    download, the unpacking or a plugin installation fails. ``progress`` shows a
+    progress bar while unpacking (the CLI turns it on).
     """
     home = engine_home(engine)
     if is_fetched(engine):
@@ -156,8 +167,10 @@ def fetch(engine: EngineSpec) -> Path:
         staging = Path(tempfile.mkdtemp(prefix=f".{engine.dir_name}.", dir=cache_root()))
         try:
             log.info("unpacking %s into %s", archive.name, home)
-            _unzip(archive, staging)
+            _unzip(archive, staging, progress=progress)
             unpacked = _single_child(staging)
+            if engine.plugins:
+                log.info("installing %s", ", ".join(p.name for p in engine.plugins))
             _install_plugins(engine, unpacked)
             (unpacked / _READY).write_text(engine.dir_name + "\n", encoding="utf-8")
             if home.exists():  # an incomplete copy from an interrupted older layout
@@ -168,6 +181,6 @@ def fetch(engine: EngineSpec) -> Path:
     return home
 
 
-def fetch_all() -> dict[str, Path]:
+def fetch_all(*, progress: bool = False) -> dict[str, Path]:
     """Fetch every engine in ``versions.ENGINES``; returns name -> home."""
-    return {name: fetch(engine) for name, engine in ENGINES.items()}
+    return {name: fetch(engine, progress=progress) for name, engine in ENGINES.items()}

@@ -1,0 +1,272 @@
+"""Engine faults on real nodes: SIGKILL + restart under load, SIGSTOP, and a slow network.
+
+Each engine gets a node of its own for this module (never the session's shared
+nodes, which other tests rely on), started once and closed at the end. The
+promises checked here:
+
+* while the node is down every call ends within its deadline (plus scheduling
+  slack) with :class:`BackendUnavailableError` naming what failed; nothing else
+  is raised, no worker dies, nothing hangs;
+* after the node is back, traffic is served again within seconds;
+* a paused node (connections accepted, never answered) and a slow proxy make
+  calls give up at the deadline instead of waiting for the engine.
+
+Load runs through the full facade (:class:`Retriever`, sync and asyncio) with the
+tiny real cross-encoder, so "degraded" and "failed" are the library's own answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from tests.reliability._load import AsyncLoad, Call, Outcome, ThreadLoad, percentile
+from tests.support.tcp_proxy import TcpProxy
+
+from secondpass.connectors import (
+    AsyncElasticsearchConnector,
+    AsyncOpenSearchConnector,
+    ElasticsearchConnector,
+    OpenSearchConnector,
+)
+from secondpass.errors import BackendUnavailableError, ServerStartError
+from secondpass.pipeline.retriever import Retriever
+from secondpass.servers import LocalEngine
+from secondpass.servers.versions import ENGINE_NAMES
+
+pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.slow]
+
+SYNC = {"elasticsearch": ElasticsearchConnector, "opensearch": OpenSearchConnector}
+ASYNC = {"elasticsearch": AsyncElasticsearchConnector, "opensearch": AsyncOpenSearchConnector}
+WORDS = "cat dog bird fish horse mouse lion tiger bear wolf fox owl".split()
+CORPUS = [
+    {"_id": f"d{i}", "title": f"{WORDS[i % 12]} {WORDS[(i * 5) % 12]}", "body": " ".join(WORDS[(i + k) % 12] for k in range(6))}
+    for i in range(40)
+]
+# Connection settings of the callers under test: one attempt may take 1 s, a
+# whole call (retries included) 2 s. The facade's deadline adds 0.5 s for reranking.
+CALL = {"request_timeout_s": 1.0, "deadline_s": 2.0, "max_attempts": 4, "initial_backoff_s": 0.05, "max_backoff_s": 0.25}
+DEADLINE_S = 2.5
+# Scheduling slack on a busy 2-core machine: a call counts as hung only past this.
+SLACK_S = 1.5
+
+
+@pytest.fixture(scope="module", params=list(ENGINE_NAMES))
+def node(request: pytest.FixtureRequest) -> Iterator[LocalEngine]:
+    """A node of our own for this module's fault tests (killed, paused, restarted)."""
+    engine = LocalEngine(str(request.param))
+    try:
+        engine.start()
+    except ServerStartError as exc:
+        pytest.fail(f"could not start a dedicated {request.param} node: {exc}", pytrace=False)
+    try:
+        yield engine
+    finally:
+        engine.resume()
+        engine.close()
+
+
+@pytest.fixture(scope="module")
+def index(node: LocalEngine) -> str:
+    name = f"sp-rel-{uuid.uuid4().hex[:12]}"
+    with SYNC[node.name](index=name, fields=["title", "body"], hosts=[node.url], deadline_s=60.0) as c:
+        c.ensure_index(text_fields=["title", "body"])
+        c.bulk_index(CORPUS)
+        c.refresh()
+    return name
+
+
+@pytest.fixture
+def healthy(node: LocalEngine, index: str) -> LocalEngine:
+    """The node, running and answering (a failed earlier test may have left it down)."""
+    node.resume()
+    if not node.is_running():
+        node.start()
+    return node
+
+
+def _query(rng: random.Random) -> str:
+    return " ".join(rng.sample(WORDS, 2))
+
+
+def _sync_outcome(retriever: Retriever, rng: random.Random) -> Outcome:
+    try:
+        result = retriever.search(_query(rng), k=5)
+    except BackendUnavailableError as exc:
+        return "unavailable", str(exc)
+    return ("ok" if result.status == "ok" else "degraded"), result.reason or ""
+
+
+def _check_bounded(calls: list[Call]) -> None:
+    slow = [c for c in calls if c.seconds > DEADLINE_S + SLACK_S]
+    assert not slow, f"{len(slow)} call(s) ran past the deadline: {[(c.outcome, round(c.seconds, 2)) for c in slow[:5]]}"
+    unexpected = {c.outcome for c in calls} - {"ok", "degraded", "unavailable"}
+    assert not unexpected, f"unexpected outcomes: {[(c.outcome, c.detail[:200]) for c in calls if c.outcome in unexpected][:5]}"
+
+
+def test_killed_node_fails_fast_and_recovers_after_restart(
+    healthy: LocalEngine, index: str, tiny_scorer: Any, figures: Any
+) -> None:
+    node = healthy
+    sync_connector = SYNC[node.name](index=index, fields=["title", "body"], hosts=[node.url], **CALL)
+    retriever = Retriever(connector=sync_connector, scorer=tiny_scorer, window=10, deadline_ms=DEADLINE_S * 1000)
+    rngs = [random.Random(i) for i in range(3)]
+    counter = iter(range(10**9))
+
+    def one_sync() -> Outcome:
+        return _sync_outcome(retriever, rngs[next(counter) % 3])
+
+    def make_async() -> tuple[Any, Any]:
+        connector = ASYNC[node.name](index=index, fields=["title", "body"], hosts=[node.url], **CALL)
+        aretriever = Retriever(connector=connector, scorer=tiny_scorer, window=10, deadline_ms=DEADLINE_S * 1000)
+        rng = random.Random(99)
+
+        async def one() -> Outcome:
+            try:
+                result = await aretriever.asearch(_query(rng), k=5)
+            except BackendUnavailableError as exc:
+                return "unavailable", str(exc)
+            return ("ok" if result.status == "ok" else "degraded"), result.reason or ""
+
+        async def close() -> None:
+            aretriever.close()
+            await connector.close()
+
+        return one, close
+
+    sync_load = ThreadLoad(one_sync, threads=3).start()
+    async_load = AsyncLoad(make_async, tasks=3).start()
+    try:
+        time.sleep(3.0)
+        killed_at = time.monotonic()
+        node.kill()
+        time.sleep(3.0)
+        restart_at = time.monotonic()
+        node.start()
+        ready_at = time.monotonic()
+        time.sleep(6.0)
+    finally:
+        calls = sync_load.stop() + async_load.stop()
+        retriever.close()
+        sync_connector.close()
+
+    _check_bounded(calls)
+    before = [c for c in calls if c.ended < killed_at]
+    outage = [c for c in calls if c.started > killed_at + 0.2 and c.ended < restart_at]
+    after = [c for c in calls if c.started >= ready_at]
+    assert before and all(c.outcome == "ok" for c in before), {c.outcome for c in before}
+    assert outage and all(c.outcome == "unavailable" for c in outage), {c.outcome for c in outage}
+    assert all(node.name in c.detail and "search" in c.detail for c in outage)
+    assert all("Traceback" not in c.detail for c in calls)
+    # Served again soon after the restart: the first success, and nothing but successes later on.
+    first_ok = min((c.ended for c in calls if c.outcome == "ok" and c.started >= restart_at), default=None)
+    assert first_ok is not None, "no successful call after the restart"
+    assert all(c.outcome == "ok" for c in after if c.started > first_ok), "failures after recovery"
+    recovery_s = max(0.0, first_ok - ready_at)
+    assert recovery_s < 5.0, f"traffic not served again within 5 s of the restart ({recovery_s:.1f} s)"
+    outage_s = [c.seconds for c in outage]
+    scenario = f"{node.name} SIGKILL + restart under load"
+    figures.add(scenario, "calls during outage (sync+async)", len(outage), "calls")
+    figures.add(scenario, "p50 latency of a failing call", percentile(outage_s, 0.5), "s")
+    figures.add(scenario, "max latency of a failing call (deadline 2.5 s)", max(outage_s), "s")
+    figures.add(scenario, "max event-loop lag of the async load", async_load.max_lag_s, "s")
+    figures.add(scenario, "node restart until healthy", ready_at - restart_at, "s")
+    figures.add(scenario, "first success after node healthy", recovery_s, "s")
+
+
+def test_paused_node_calls_are_abandoned_at_the_deadline(healthy: LocalEngine, index: str, figures: Any) -> None:
+    node = healthy
+    connector = SYNC[node.name](index=index, fields=["title", "body"], hosts=[node.url], **CALL)
+    from secondpass.types import SearchRequest
+
+    assert connector.search(SearchRequest("cat", size=3))
+    elapsed: list[float] = []
+    node.pause()
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailableError, match="timed out"):
+                connector.search(SearchRequest("cat", size=3))
+            elapsed.append(time.monotonic() - started)
+
+        async def async_calls() -> list[float]:
+            aconn = ASYNC[node.name](index=index, fields=["title", "body"], hosts=[node.url], **CALL)
+
+            async def one() -> float:
+                started = time.monotonic()
+                with pytest.raises(BackendUnavailableError, match="timed out"):
+                    await aconn.search(SearchRequest("dog", size=3))
+                return time.monotonic() - started
+
+            try:
+                return list(await asyncio.gather(*(one() for _ in range(3))))
+            finally:
+                await aconn.close()
+
+        async_elapsed = asyncio.run(async_calls())
+    finally:
+        node.resume()
+    for seconds in elapsed + async_elapsed:
+        assert seconds <= CALL["deadline_s"] + SLACK_S, seconds
+    resumed = time.monotonic()
+    while True:
+        try:
+            assert connector.search(SearchRequest("cat", size=3))
+            break
+        except BackendUnavailableError:
+            assert time.monotonic() - resumed < 10, "not served again within 10 s of SIGCONT"
+    recovered_s = time.monotonic() - resumed
+    connector.close()
+    scenario = f"{node.name} SIGSTOP (paused node)"
+    figures.add(scenario, "max sync call latency (deadline 2 s)", max(elapsed), "s")
+    figures.add(scenario, "max async call latency (deadline 2 s)", max(async_elapsed), "s")
+    figures.add(scenario, "first success after SIGCONT", recovered_s, "s")
+
+
+def test_slow_upstream_is_abandoned_at_the_deadline(healthy: LocalEngine, index: str, figures: Any) -> None:
+    from secondpass.types import SearchRequest
+
+    node = healthy
+    assert node.port is not None
+    with TcpProxy(("127.0.0.1", node.port)) as proxy:
+        settings = {**CALL, "request_timeout_s": 0.5, "deadline_s": 1.0}
+        connector = SYNC[node.name](index=index, fields=["title", "body"], hosts=[proxy.url], **settings)
+        assert connector.search(SearchRequest("cat", size=3))
+        proxy.delay_s = 3.0
+        elapsed = []
+        for _ in range(3):
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailableError, match="timed out"):
+                connector.search(SearchRequest("owl", size=3))
+            elapsed.append(time.monotonic() - started)
+
+        async def async_call() -> float:
+            aconn = ASYNC[node.name](index=index, fields=["title", "body"], hosts=[proxy.url], **settings)
+            try:
+                started = time.monotonic()
+                with pytest.raises(BackendUnavailableError, match="timed out"):
+                    await aconn.search(SearchRequest("owl", size=3))
+                return time.monotonic() - started
+            finally:
+                await aconn.close()
+
+        async_elapsed = asyncio.run(async_call())
+        proxy.delay_s = 0.0
+        recovered = time.monotonic()
+        while True:
+            try:
+                assert connector.search(SearchRequest("cat", size=3))
+                break
+            except BackendUnavailableError:
+                assert time.monotonic() - recovered < 10, "not served again within 10 s"
+        connector.close()
+    for seconds in [*elapsed, async_elapsed]:
+        assert seconds <= settings["deadline_s"] + SLACK_S, seconds
+    scenario = f"{node.name} slow upstream (proxy +3 s)"
+    figures.add(scenario, "max sync call latency (deadline 1 s)", max(elapsed), "s")
+    figures.add(scenario, "async call latency (deadline 1 s)", async_elapsed, "s")
