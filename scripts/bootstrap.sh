@@ -27,6 +27,11 @@ if ! command -v redis-server >/dev/null 2>&1; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
 fi
 
+if ! command -v mvn >/dev/null 2>&1 || ! command -v unshare >/dev/null 2>&1; then
+  echo "[bootstrap] installing Maven, OpenJDK 17 and util-linux (Debian) to fetch and run the engines"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq maven openjdk-17-jre-headless util-linux >/dev/null
+fi
 echo "[bootstrap] fetching engine distributions (cached after the first run)"
 .venv/bin/python -m secondpass.servers fetch
 echo "[bootstrap] ready"

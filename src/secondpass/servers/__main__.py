@@ -33,6 +33,12 @@ def _fetch(args: argparse.Namespace) -> int:
         took = time.monotonic() - started
         state = "cached" if already else f"fetched in {took:.1f} s (download if needed + unpack + plugins)"
         print(f"{name} {engine.version}: {home} ({state})")
+        try:
+            jdk = _java.find_jdk(engine)
+        except SecondPassError as exc:  # fetching still succeeded; starting will not
+            print(f"warning: {exc}", file=sys.stderr)
+        else:
+            print(f"  runs on Java {jdk.major} at {jdk.home}")
     return 0
 
 

@@ -113,9 +113,12 @@ class LocalRedis:
         """Start the server (same port as before, if any) and wait for PING; idempotent."""
         if self.is_running():
             return self
-        binary = self.binary or shutil.which(REDIS_SERVER_BINARY)
+        binary = shutil.which(self.binary or REDIS_SERVER_BINARY)
         if binary is None:
-            msg = "redis-server is not installed (scripts/bootstrap.sh installs Debian's package)"
+            msg = (
+                f"{self.binary or REDIS_SERVER_BINARY} not found or not executable "
+                "(scripts/bootstrap.sh installs Debian's redis-server)"
+            )
             raise ServerStartError(msg)
         if self._workdir is None:
             self._workdir = Path(tempfile.mkdtemp(prefix="secondpass-redis-"))
