@@ -53,6 +53,18 @@ class RerankError(SecondPassError):
     """Scoring failed (model could not load, forward pass failed, ...)."""
 
 
+class CircuitOpenError(RerankError):
+    """Scoring was not attempted: the scorer kept failing and its circuit breaker is open.
+
+    ``retry_after_s`` is the whole number of seconds until the breaker lets a
+    probe through, for an HTTP ``Retry-After`` header.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
 class ModelLoadError(RerankError):
     """The model could not be loaded, or loading it would need an unsafe opt-in."""
 

@@ -96,6 +96,7 @@ class AsyncLoad:
         self.pause_s = pause_s
         self.calls: list[Call] = []
         self.max_lag_s = 0.0
+        self.lags: list[tuple[float, float]] = []  # (monotonic time, lag) of every tick
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
         self.error: BaseException | None = None
@@ -105,7 +106,9 @@ class AsyncLoad:
         while not self._stop.is_set():
             before = time.monotonic()
             await asyncio.sleep(period_s)
-            self.max_lag_s = max(self.max_lag_s, time.monotonic() - before - period_s)
+            lag = time.monotonic() - before - period_s
+            self.lags.append((time.monotonic(), lag))
+            self.max_lag_s = max(self.max_lag_s, lag)
 
     async def _worker(self, fn: Callable[[], Awaitable[Outcome]], worker: str) -> None:
         while not self._stop.is_set():

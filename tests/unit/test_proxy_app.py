@@ -12,6 +12,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import httpx
 import pytest
@@ -330,3 +331,59 @@ async def test_configured_credentials_only_fill_in_for_clients_without_their_own
         await client.get("/_cluster/health", headers={"Authorization": "ApiKey client"})
     assert upstream.requests[0].headers["authorization"] == "Basic cHJveHk6c2VjcmV0"
     assert upstream.requests[1].headers["authorization"] == "ApiKey client"
+
+
+def test_cli_flags_become_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from secondpass.cli import build_parser
+    from secondpass.commands.proxy import overrides_from_args
+
+    monkeypatch.setenv("SECONDPASS_PROXY_PASSWORD", "from-env")
+    args = build_parser().parse_args(
+        ["proxy", "--upstream", "https://search.internal:9200/", "--listen", "0.0.0.0:9300",
+         "--index", "docs=title, body", "--index-template", "docs={title}: {body}",
+         "--index", "logs-*=message", "--window", "30", "--deadline-ms", "none",
+         "--username", "reader", "--rerank-device", "cpu", "--no-verify-certs"]
+    )  # fmt: skip
+    settings = ProxySettings.load(None, **overrides_from_args(args))
+    assert (settings.upstream, settings.host, settings.port) == (
+        "https://search.internal:9200",
+        "0.0.0.0",
+        9300,
+    )
+    assert settings.indices["docs"].fields == ["title", "body"]
+    assert settings.indices["docs"].template == "{title}: {body}"
+    assert settings.indices["logs-*"].template is None
+    assert (settings.window, settings.deadline_ms, settings.verify_certs) == (30, None, False)
+    assert settings.rerank.device == "cpu"
+    assert settings.password is not None and settings.password.get_secret_value() == "from-env"
+    assert "from-env" not in repr(settings)
+
+
+def test_the_documented_config_file_loads(tmp_path: Path) -> None:
+    from tests.docs_examples import DOCS
+
+    text = (DOCS / "proxy.md").read_text(encoding="utf-8")
+    toml = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "proxy.toml"
+    path.write_text(toml, encoding="utf-8")
+    settings = ProxySettings.load(path)
+    assert settings.indices["products"].fields == ["name", "description"]
+    assert settings.rerank.device == "cuda" and settings.window == 100
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"upstream": "search.internal:9200"},
+        {"listen": "9201"},
+        {"indices": {"docs": {"fields": []}}},
+        {"indices": {"docs": {"fields": ["a"], "template": "{a.__class__}"}}},
+    ],
+)
+def test_invalid_settings_name_the_field(overrides: dict) -> None:
+    from secondpass.errors import ConfigurationError
+
+    with pytest.raises(
+        ConfigurationError, match="invalid proxy settings: (upstream|listen|indices)"
+    ):
+        ProxySettings.load(None, **overrides)

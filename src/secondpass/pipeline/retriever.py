@@ -18,6 +18,12 @@ Guarantees a caller can rely on:
   ``"skipped"`` when there was no time left to try) and a ``reason``, within
   the deadline: scoring runs in a worker thread that the caller stops waiting
   for. ``mode="required"`` raises :class:`~secondpass.errors.RerankError` instead.
+* **A failing scorer is not called again and again.** With a
+  :class:`~secondpass.pipeline.breaker.CircuitBreaker`, every scorer failure or
+  deadline overrun counts against it; once it opens, requests skip scoring at
+  once (``status="skipped"``, reason ``"circuit open: ..."``, or
+  :class:`~secondpass.errors.CircuitOpenError` in required mode) until a single
+  probe request is let through and succeeds. Sync and asyncio calls share it.
   A scoring call the caller gave up on still finishes in the background and
   writes its scores to the cache, so the next identical request is fast.
 * **Empty passages** (empty or whitespace-only after rendering) are kept and get
@@ -42,7 +48,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any, Literal
 
-from secondpass.errors import ConfigurationError, RerankError
+from secondpass.errors import CircuitOpenError, ConfigurationError, RerankError
+from secondpass.pipeline.breaker import CircuitBreaker
 from secondpass.pipeline.cached_scoring import score_with_cache
 from secondpass.pipeline.first_stage import AnyConnector, FirstStage, LexicalStage
 from secondpass.pipeline.passages import PassageTemplate
@@ -236,6 +243,10 @@ class Retriever:
     window. The budget counts every window passage as a model call (cache hits
     are not known in advance), so it errs on the fast side.
 
+    ``breaker`` (optional, may be shared by several retrievers on one scorer)
+    records each scoring failure or deadline overrun and each success; while it
+    is open, reranking is skipped without calling the scorer.
+
     Construction does no I/O and starts no thread; the scoring threads start on
     the first request. Call :meth:`close` (or use ``with``) to stop them.
 
@@ -259,6 +270,7 @@ class Retriever:
         rank_by: Literal["normalized", "raw"] = "normalized",
         min_score: float | None = None,
         first_stage: FirstStage | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         if window < 1:
             msg = f"window must be >= 1, got {window}"
@@ -290,6 +302,7 @@ class Retriever:
         if first_stage is None and connector is not None:
             first_stage = LexicalStage(connector)
         self.first_stage = first_stage
+        self.breaker = breaker
         self.throughput = _Throughput()
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
@@ -424,15 +437,21 @@ class Retriever:
             return self._finish(plan, _Scored((), 0, 0, {}), "ok", None, k, offset, started)
         if deadline_at is not None and time.perf_counter() >= deadline_at:
             return self._degrade(plan, "skipped", self._spent_reason(started), None, k, offset, started)
+        if self.breaker is not None and not self.breaker.allow():
+            return self._circuit_open(plan, k, offset, started)
         future = self._submit(plan)
         try:
             scored = future.result(timeout=_time_left(deadline_at))
         except FutureTimeoutError as exc:
             future.cancel()
+            self._scoring_failed()
             reason = self._deadline_reason(started, deadline_at)
             return self._degrade(plan, "failed", reason, exc, k, offset, started)
         except Exception as exc:  # noqa: BLE001 - any scorer fault degrades, never crashes search
+            self._scoring_failed()
             return self._degrade(plan, "failed", _failure_reason(exc), exc, k, offset, started)
+        if self.breaker is not None:
+            self.breaker.record_success()
         return self._finish(plan, scored, "ok", None, k, offset, started)
 
     async def _arerank(
@@ -451,14 +470,20 @@ class Retriever:
             return self._finish(plan, _Scored((), 0, 0, {}), "ok", None, k, offset, started)
         if deadline_at is not None and time.perf_counter() >= deadline_at:
             return self._degrade(plan, "skipped", self._spent_reason(started), None, k, offset, started)
+        if self.breaker is not None and not self.breaker.allow():
+            return self._circuit_open(plan, k, offset, started)
         future = asyncio.wrap_future(self._submit(plan))
         try:
             scored = await asyncio.wait_for(future, timeout=_time_left(deadline_at))
         except asyncio.TimeoutError as exc:
+            self._scoring_failed()
             reason = self._deadline_reason(started, deadline_at)
             return self._degrade(plan, "failed", reason, exc, k, offset, started)
         except Exception as exc:  # noqa: BLE001 - any scorer fault degrades, never crashes search
+            self._scoring_failed()
             return self._degrade(plan, "failed", _failure_reason(exc), exc, k, offset, started)
+        if self.breaker is not None:
+            self.breaker.record_success()
         return self._finish(plan, scored, "ok", None, k, offset, started)
 
     def _plan(
@@ -548,6 +573,34 @@ class Retriever:
             reranked=len(by_hit),
         )
 
+    def _scoring_failed(self) -> None:
+        """Count a scorer failure (or deadline overrun) against the breaker; log when it opens."""
+        breaker = self.breaker
+        if breaker is None:
+            return
+        opened_before = breaker.opened_count
+        breaker.record_failure()
+        if breaker.opened_count != opened_before:
+            logger.warning(
+                "circuit breaker opened after %d consecutive scoring failure(s); "
+                "skipping reranking for %.1f s, then probing with one request",
+                breaker.failure_threshold,
+                breaker.reset_after_s,
+            )
+
+    def _circuit_open(self, plan: _Plan, k: int | None, offset: int, started: float) -> SearchResult:
+        """First-stage order without calling the scorer (or :class:`CircuitOpenError`)."""
+        assert self.breaker is not None
+        wait_s = self.breaker.retry_after_s()
+        reason = (
+            f"circuit open: scoring failed {self.breaker.failure_threshold} or more times in a row; "
+            f"next probe in {wait_s:.1f} s"
+        )
+        if self.mode == "required":
+            raise CircuitOpenError(reason, retry_after_s=max(1, math.ceil(wait_s)))
+        # One line per opening is logged by _scoring_failed; not one per skipped request.
+        return self._degrade(plan, "skipped", reason, None, k, offset, started, log=False)
+
     def _degrade(
         self,
         plan: _Plan,
@@ -557,11 +610,14 @@ class Retriever:
         k: int | None,
         offset: int,
         started: float,
+        *,
+        log: bool = True,
     ) -> SearchResult:
         """First-stage order with the reason, or :class:`RerankError` in required mode."""
         if self.mode == "required":
             raise RerankError(reason) from exc
-        logger.warning("rerank %s, serving first-stage order: %s", status, reason)
+        if log:
+            logger.warning("rerank %s, serving first-stage order: %s", status, reason)
         order = [(hit, None, None) for hit in (*plan.to_score, *plan.unscored)]
         return SearchResult(
             hits=_page(order, k, offset),

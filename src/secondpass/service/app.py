@@ -399,6 +399,7 @@ def build_search(
     connector, the cache and the (batched) scorer with the lexical one.
     """
     from secondpass.connectors import connect
+    from secondpass.pipeline.breaker import CircuitBreaker
     from secondpass.pipeline.retriever import Retriever
 
     connector = connect(
@@ -413,6 +414,11 @@ def build_search(
         "window": settings.search_window,
         "rank_by": getattr(settings.rerank, "rank_by", "normalized"),
         "min_score": getattr(settings.rerank, "min_score", None),
+        "mode": settings.search_mode,
+        # One breaker for both retrievers: they share the scorer that fails.
+        "breaker": CircuitBreaker(
+            failure_threshold=settings.breaker_failures, reset_after_s=settings.breaker_reset_s
+        ),
     }
     lexical = Retriever(connector=connector, **common)
     hybrid = None

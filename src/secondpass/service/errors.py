@@ -15,6 +15,7 @@ from typing import Any
 
 from secondpass.errors import (
     BackendUnavailableError,
+    CircuitOpenError,
     ConfigurationError,
     QueryError,
     RerankError,
@@ -118,6 +119,8 @@ def status_for(exc: BaseException) -> tuple[int, str]:
         return 502, "engine_error"  # e.g. the configured index is missing: not input
     if isinstance(exc, BackendUnavailableError):
         return 503, "engine_unavailable"
+    if isinstance(exc, CircuitOpenError):
+        return 503, "circuit_open"  # Retry-After: until the breaker's next probe
     if isinstance(exc, RerankError):
         return 503, "rerank_failed"
     if isinstance(exc, ConfigurationError):

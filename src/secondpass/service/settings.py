@@ -125,6 +125,17 @@ class ServiceSettings(BaseSettings):
     search_window: int = Field(
         default=100, ge=1, description="first-stage hits fetched and reranked"
     )
+    search_mode: Literal["best_effort", "required"] = Field(
+        default="best_effort",
+        description="best_effort: a scoring failure returns first-stage order with rerank_status; "
+        "required: it answers 503 with Retry-After",
+    )
+    breaker_failures: int = Field(
+        default=5, ge=1, description="consecutive scoring failures that open the circuit breaker"
+    )
+    breaker_reset_s: float = Field(
+        default=10.0, gt=0, description="seconds an open breaker skips scoring before one probe"
+    )
 
     # -- lifecycle -----------------------------------------------------------------
     shutdown_delay_s: float = Field(
