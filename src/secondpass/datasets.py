@@ -20,6 +20,7 @@ import csv
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from secondpass.errors import ConfigurationError
@@ -56,11 +57,12 @@ class BeirDataset:
     queries: dict[str, str]
     qrels: dict[str, dict[str, int]]
     name: str = field(default="")
+    corpus_file: Path | None = None
 
     @property
     def corpus_path(self) -> Path:
-        """Where ``corpus.jsonl`` lives."""
-        return self.path / "corpus.jsonl"
+        """Where the corpus lives (``corpus.jsonl`` in the folder unless ``corpus_file`` says otherwise)."""
+        return self.path / "corpus.jsonl" if self.corpus_file is None else self.corpus_file
 
     def iter_corpus(self) -> Iterator[Document]:
         """Yield every corpus document in file order (streamed, not held in memory)."""
@@ -190,3 +192,42 @@ def load_beir(path: str | Path, *, split: str = "test") -> BeirDataset:
         raise ConfigurationError(msg)
     queries = {qid: all_queries[qid] for qid in qrels}
     return BeirDataset(path=root, split=split, queries=queries, qrels=qrels, name=root.name)
+
+
+def _package_data() -> Path:
+    return Path(str(resources.files("secondpass").joinpath("data")))
+
+
+def sample_dataset() -> BeirDataset:
+    """The small SciFact slice shipped inside the package (300 abstracts, 10 claims).
+
+    It is what ``secondpass demo`` indexes, and lets examples and tests run
+    offline without downloading anything. Attribution and licences:
+    ``secondpass/data/ATTRIBUTION.md`` (SciFact CC BY 4.0, S2ORC abstracts
+    ODC-By 1.0, BEIR packaging).
+
+    Example:
+        >>> ds = sample_dataset()
+        >>> len(ds.queries), ds.corpus_size()
+        (10, 300)
+    """
+    data = _package_data()
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    path = data / "sample_queries.jsonl"
+    for lineno, row in _iter_jsonl(path):
+        query_id = _field(row, "_id", path, lineno, required=True)
+        queries[query_id] = _field(row, "text", path, lineno, required=True)
+        relevant = row.get("relevant") or []
+        if not isinstance(relevant, list):
+            msg = f"{path}:{lineno}: 'relevant' must be a list of document ids"
+            raise ConfigurationError(msg)
+        qrels[query_id] = {str(doc_id): 1 for doc_id in relevant}
+    return BeirDataset(
+        path=data,
+        split="test",
+        queries=queries,
+        qrels=qrels,
+        name="scifact-sample",
+        corpus_file=data / "sample_corpus.jsonl",
+    )

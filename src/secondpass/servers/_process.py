@@ -7,6 +7,8 @@ JVM). Log tails are what a failed start reports, so they are read defensively.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import os
 import shutil
@@ -14,14 +16,37 @@ import signal
 import socket
 import subprocess
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from secondpass.errors import ServerStartError
 
 LOOPBACK = "127.0.0.1"
 # uid/gid the engines see when we are root: both engines refuse to run as root.
 _UNPRIVILEGED_ID = 1000
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+# Servers started by this interpreter; stopped at exit so that a script or test run
+# that forgets close() (or dies on an exception) leaves no JVM eating memory behind.
+_LIVE: weakref.WeakSet[_Closable] = weakref.WeakSet()
+
+
+def track(server: _Closable) -> None:
+    """Stop ``server`` when the interpreter exits, unless it was closed before."""
+    _LIVE.add(server)
+
+
+@atexit.register
+def _close_all() -> None:
+    for server in list(_LIVE):
+        with contextlib.suppress(Exception):
+            server.close()
 
 
 def free_port(host: str = LOOPBACK) -> int:

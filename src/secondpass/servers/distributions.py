@@ -172,6 +172,8 @@ def fetch(engine: EngineSpec, *, progress: bool = False) -> Path:
             if engine.plugins:
                 log.info("installing %s", ", ".join(p.name for p in engine.plugins))
             _install_plugins(engine, unpacked)
+            for jar in engine.lib_jars:
+                shutil.copy2(maven_artifact(jar), unpacked / "lib" / Path(jar.repository_path).name)
             (unpacked / _READY).write_text(engine.dir_name + "\n", encoding="utf-8")
             if home.exists():  # an incomplete copy from an interrupted older layout
                 shutil.rmtree(home)

