@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tests.docs_examples import run_blocks
 
 pytestmark = pytest.mark.integration

@@ -25,8 +25,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from tests.reliability._load import AsyncLoad, Call, Outcome, ThreadLoad, percentile
-from tests.support.tcp_proxy import TcpProxy
 
 from secondpass.connectors import (
     AsyncElasticsearchConnector,
@@ -38,6 +36,8 @@ from secondpass.errors import BackendUnavailableError, ServerStartError
 from secondpass.pipeline.retriever import Retriever
 from secondpass.servers import LocalEngine
 from secondpass.servers.versions import ENGINE_NAMES
+from tests.reliability._load import AsyncLoad, Call, Outcome, ThreadLoad, percentile
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.slow]
 

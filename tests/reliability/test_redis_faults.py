@@ -15,17 +15,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from tests.reliability._common import corpus, running_app, temp_index
-from tests.support.tcp_proxy import TcpProxy
 
 from secondpass.config import CacheSettings
 from secondpass.connectors import OpenSearchConnector
 from secondpass.pipeline.cache import RedisScoreCache, build_cache
 from secondpass.pipeline.retriever import Retriever
+from secondpass.servers import LocalRedis
 from secondpass.service.app import create_app
 from secondpass.service.settings import ServiceSettings
-from secondpass.servers import LocalRedis
 from secondpass.types import SearchResult
+from tests.reliability._common import corpus, running_app, temp_index
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 

@@ -14,16 +14,20 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from tests.reliability._common import FaultyScorer, corpus, running_app, temp_index
 
-from secondpass.connectors import AsyncElasticsearchConnector, AsyncOpenSearchConnector
-from secondpass.connectors import ElasticsearchConnector, OpenSearchConnector
+from secondpass.connectors import (
+    AsyncElasticsearchConnector,
+    AsyncOpenSearchConnector,
+    ElasticsearchConnector,
+    OpenSearchConnector,
+)
 from secondpass.errors import CircuitOpenError, RerankError
 from secondpass.pipeline.breaker import CircuitBreaker
 from secondpass.pipeline.retriever import Retriever
 from secondpass.service.app import create_app
 from secondpass.service.settings import ServiceSettings
 from secondpass.types import SearchRequest
+from tests.reliability._common import FaultyScorer, corpus, running_app, temp_index
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.fixtures.service import ServiceProcess
-from tests.reliability._common import corpus, temp_index
 
 from secondpass.servers import LocalRedis
+from tests.fixtures.service import ServiceProcess
+from tests.reliability._common import corpus, temp_index
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 

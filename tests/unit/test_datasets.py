@@ -122,3 +122,13 @@ def test_scifact_counts_match_the_published_ones() -> None:
     assert len(ds.queries) == 300
     assert sum(len(v) for v in ds.qrels.values()) == 339
     assert ds.corpus_size() == 5183
+
+
+def test_packaged_sample_dataset() -> None:
+    from secondpass.datasets import sample_dataset
+
+    ds = sample_dataset()
+    assert ds.name == "scifact-sample" and len(ds.queries) == 10 and ds.corpus_size() == 300
+    ids = {d.id for d in ds.iter_corpus()}
+    assert all(set(rel) <= ids for rel in ds.qrels.values())
+    assert all(rel for rel in ds.qrels.values())

@@ -574,6 +574,7 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in (
+        (400, "the body is not valid JSON (or, for search, the engine rejected the query DSL)"),
         (408, "the client's deadline passed before scoring"),
         (413, "body or an input too large"),
         (422, "invalid field or limit exceeded (names the field and the limit)"),
@@ -716,7 +717,11 @@ def create_app(
     @app.post(
         "/v1/search",
         response_model=SearchResponse,
-        responses={**_ERRORS, 404: {"model": ErrorBody, "description": "search not configured"}},
+        responses={
+            **_ERRORS,
+            404: {"model": ErrorBody, "description": "search not configured"},
+            502: {"model": ErrorBody, "description": "the engine failed the request (not the client's input)"},
+        },
         tags=["search"],
     )
     async def search(body: SearchRequestBody) -> Any:
