@@ -1,4 +1,19 @@
-"""SecondPass: cross-encoder reranking for existing Elasticsearch and OpenSearch deployments."""
+"""SecondPass: cross-encoder reranking for existing Elasticsearch and OpenSearch deployments.
+
+The names below are the public API. Importing them is cheap: torch, the engine
+clients and redis load only when a model, a connector or a Redis cache is first
+used. Engine connectors live in :mod:`secondpass.connectors` (they need the
+``elasticsearch`` or ``opensearch`` extra).
+
+Example:
+    >>> from secondpass import Retriever, CrossEncoderScorer  # doctest: +SKIP
+    >>> from secondpass.connectors import OpenSearchConnector  # doctest: +SKIP
+    >>> retriever = Retriever(  # doctest: +SKIP
+    ...     connector=OpenSearchConnector(hosts="http://127.0.0.1:9200", index="docs"),
+    ...     scorer=CrossEncoderScorer(),
+    ... )
+    >>> retriever.search("what do cats eat", k=10).hits  # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
@@ -7,10 +22,19 @@ from secondpass.errors import (
     ConfigurationError,
     ConnectorError,
     MissingDependencyError,
+    ModelLoadError,
     QueryError,
     RerankError,
     SecondPassError,
 )
+from secondpass.pipeline.breaker import CircuitBreaker
+from secondpass.pipeline.cache import LRUScoreCache, NullScoreCache, RedisScoreCache, build_cache
+from secondpass.pipeline.first_stage import HybridStage, LexicalStage
+from secondpass.pipeline.fusion import linear_fusion, reciprocal_rank_fusion
+from secondpass.pipeline.passages import PassageTemplate
+from secondpass.pipeline.protocols import DenseEncoder, ScoreCache, Scorer
+from secondpass.pipeline.retriever import Retriever
+from secondpass.pipeline.scorer import CrossEncoderScorer
 from secondpass.types import (
     Hit,
     KnnQuery,
@@ -25,18 +49,34 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "CircuitBreaker",
     "ConfigurationError",
     "ConnectorError",
+    "CrossEncoderScorer",
+    "DenseEncoder",
     "Hit",
+    "HybridStage",
     "KnnQuery",
+    "LRUScoreCache",
+    "LexicalStage",
     "MissingDependencyError",
+    "ModelLoadError",
+    "NullScoreCache",
     "PassageScore",
+    "PassageTemplate",
     "QueryError",
     "RankedHit",
-    "RerankStatus",
+    "RedisScoreCache",
     "RerankError",
+    "RerankStatus",
+    "Retriever",
+    "ScoreCache",
+    "Scorer",
     "SearchRequest",
     "SearchResult",
     "SecondPassError",
     "__version__",
+    "build_cache",
+    "linear_fusion",
+    "reciprocal_rank_fusion",
 ]
