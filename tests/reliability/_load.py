@@ -76,15 +76,16 @@ class ThreadLoad:
 
 
 class AsyncLoad:
-    """Run ``tasks`` asyncio tasks calling ``make()()`` in a loop, on a loop in its own thread.
+    """Run ``tasks`` asyncio tasks on a loop in its own thread, with a loop-lag ticker.
 
-    ``make`` is called once inside the loop (so async clients bind to it) and
-    returns the coroutine function to call plus an async ``close``.
+    ``make`` is awaited once inside the loop (so async clients and apps bind to
+    it) and returns the coroutine functions to call (task ``i`` calls function
+    ``i % len(fns)`` in a loop) plus an async ``close``.
     """
 
     def __init__(
         self,
-        make: Callable[[], tuple[Callable[[], Awaitable[Outcome]], Callable[[], Awaitable[None]]]],
+        make: Callable[[], Awaitable[tuple[Sequence[Callable[[], Awaitable[Outcome]]], Callable[[], Awaitable[None]]]]],
         *,
         tasks: int,
         name: str = "async",
@@ -97,6 +98,7 @@ class AsyncLoad:
         self.calls: list[Call] = []
         self.max_lag_s = 0.0
         self.lags: list[tuple[float, float]] = []  # (monotonic time, lag) of every tick
+        self.ready = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
         self.error: BaseException | None = None
@@ -122,18 +124,25 @@ class AsyncLoad:
 
     async def _main(self) -> None:
         try:
-            fn, close = self.make()
+            fns, close = await self.make()
+            self.ready.set()
             try:
                 await asyncio.gather(
-                    self._ticker(), *(self._worker(fn, f"{self.name}-{i}") for i in range(self.tasks))
+                    self._ticker(),
+                    *(self._worker(fns[i % len(fns)], f"{self.name}-{i % len(fns)}-{i}") for i in range(self.tasks)),
                 )
             finally:
                 await close()
         except BaseException as exc:  # surfaced by stop()
             self.error = exc
+            self.ready.set()
 
-    def start(self) -> AsyncLoad:
+    def start(self, timeout_s: float = 120.0) -> AsyncLoad:
+        """Start the loop thread and wait until ``make`` has finished."""
         self._thread.start()
+        self.ready.wait(timeout_s)
+        if self.error is not None:
+            raise AssertionError(f"async load could not start: {self.error!r}") from self.error
         return self
 
     def stop(self, timeout_s: float = 30.0) -> list[Call]:

@@ -36,6 +36,9 @@ from secondpass.errors import BackendUnavailableError, ServerStartError
 from secondpass.pipeline.retriever import Retriever
 from secondpass.servers import LocalEngine
 from secondpass.servers.versions import ENGINE_NAMES
+from secondpass.service.app import create_app
+from secondpass.service.settings import ServiceSettings
+from tests.reliability._common import running_app
 from tests.reliability._load import AsyncLoad, Call, Outcome, ThreadLoad, percentile
 from tests.support.tcp_proxy import TcpProxy
 
@@ -121,26 +124,47 @@ def test_killed_node_fails_fast_and_recovers_after_restart(
     def one_sync() -> Outcome:
         return _sync_outcome(retriever, rngs[next(counter) % 3])
 
-    def make_async() -> tuple[Any, Any]:
+    async def make_async() -> tuple[list[Any], Any]:
         connector = ASYNC[node.name](index=index, fields=["title", "body"], hosts=[node.url], **CALL)
         aretriever = Retriever(connector=connector, scorer=tiny_scorer, window=10, deadline_ms=DEADLINE_S * 1000)
+        # The HTTP service in this same loop, on the same node: its 503s and its event loop are measured too.
+        settings = ServiceSettings(
+            max_wait_ms=1,
+            search_index=index,
+            search_fields=["title", "body"],
+            search_window=10,
+            cache={"backend": "none"},
+            engine={"engine": node.name, "hosts": [node.url], **CALL},
+        )
+        app_context = running_app(create_app(settings, scorer=tiny_scorer))
+        client = await app_context.__aenter__()
         rng = random.Random(99)
 
-        async def one() -> Outcome:
+        async def library() -> Outcome:
             try:
                 result = await aretriever.asearch(_query(rng), k=5)
             except BackendUnavailableError as exc:
                 return "unavailable", str(exc)
             return ("ok" if result.status == "ok" else "degraded"), result.reason or ""
 
+        async def http() -> Outcome:
+            r = await client.post("/v1/search", json={"query": _query(rng), "k": 5})
+            if r.status_code == 200:
+                return ("ok" if r.json()["rerank_status"] == "ok" else "degraded"), ""
+            body = r.json()
+            if r.status_code == 503 and body.get("error_type") == "engine_unavailable" and r.headers.get("retry-after"):
+                return "unavailable", f"{node.name} search (HTTP 503): {body['message']}"
+            return f"HTTP {r.status_code}", r.text
+
         async def close() -> None:
+            await app_context.__aexit__(None, None, None)
             aretriever.close()
             await connector.close()
 
-        return one, close
+        return [library, http], close
 
     sync_load = ThreadLoad(one_sync, threads=3).start()
-    async_load = AsyncLoad(make_async, tasks=3).start()
+    async_load = AsyncLoad(make_async, tasks=4).start()
     try:
         time.sleep(3.0)
         killed_at = time.monotonic()
@@ -162,6 +186,7 @@ def test_killed_node_fails_fast_and_recovers_after_restart(
     assert before and all(c.outcome == "ok" for c in before), {c.outcome for c in before}
     assert outage and all(c.outcome == "unavailable" for c in outage), {c.outcome for c in outage}
     assert all(node.name in c.detail and "search" in c.detail for c in outage)
+    assert any(c.worker.startswith("async-1") for c in outage), "no HTTP request during the outage"
     assert all("Traceback" not in c.detail for c in calls)
     # Served again soon after the restart: the first success, and nothing but successes later on.
     first_ok = min((c.ended for c in calls if c.outcome == "ok" and c.started >= restart_at), default=None)
@@ -174,7 +199,7 @@ def test_killed_node_fails_fast_and_recovers_after_restart(
     figures.add(scenario, "calls during outage (sync+async)", len(outage), "calls")
     figures.add(scenario, "p50 latency of a failing call", percentile(outage_s, 0.5), "s")
     figures.add(scenario, "max latency of a failing call (deadline 2.5 s)", max(outage_s), "s")
-    figures.add(scenario, "max event-loop lag of the async load", async_load.max_lag_s, "s")
+    figures.add(scenario, "max event-loop lag (library + in-process service)", async_load.max_lag_s, "s")
     figures.add(scenario, "node restart until healthy", ready_at - restart_at, "s")
     figures.add(scenario, "first success after node healthy", recovery_s, "s")
 

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import logging
 import math
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
@@ -35,7 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from secondpass.config import RerankSettings
-from secondpass.errors import SecondPassError
+from secondpass.errors import BackendUnavailableError, QueryError, SecondPassError
 from secondpass.pipeline.cache import LRUScoreCache, NullScoreCache, build_cache, cache_keys
 from secondpass.pipeline.protocols import ScoreCache, Scorer
 from secondpass.service.batcher import DynamicBatcher
@@ -165,6 +167,12 @@ class ServiceState:
                     build_search, s, _BatchedScorer(self), self.cache
                 )
             await self.probe()
+            # The model, torch and the clients are ~0.5 M long-lived objects; a full
+            # garbage collection walks them all and stalls the event loop for
+            # hundreds of ms (measured: 0.5 s on 2 CPU cores), and error bursts
+            # (an engine outage) trigger such collections often. Freezing them
+            # once they are loaded leaves the collector only the request garbage.
+            gc.freeze()
             if self.model_ok:
                 logger.info("model ready: %s", self.scorer.fingerprint)
         except Exception as exc:  # reported by /readyz and /livez; the process stays up
@@ -437,6 +445,34 @@ def build_search(
         )
         hybrid = Retriever(first_stage=stage, **common)
     return lexical, hybrid, connector
+
+
+_ENGINE_ERROR_TYPE = re.compile(r"^[a-z_]{3,80}$")
+
+
+def _public_message(exc: BaseException, status: int) -> str:
+    """What a client may read about an error: never hosts, paths, user names or internals.
+
+    Engine failures are the operator's business, not the client's: their full
+    text (which names the index, and for some errors the user and request path)
+    goes to the log, the client gets the status and the engine's error type.
+    A query the engine rejected (4xx) keeps the engine's reason, which is about
+    the client's own DSL.
+    """
+    if status == 500:
+        return "internal error"
+    if isinstance(exc, QueryError):
+        if status < 500:
+            reason = exc.reason if exc.reason is not None else _first_line(exc)
+            return f"the search engine rejected the query: {_first_line(ValueError(reason))}"
+        kind = (exc.reason or "").split(":", 1)[0].strip()
+        logger.warning("engine error answered as %d: %s", status, _first_line(exc))
+        detail = f", {kind}" if _ENGINE_ERROR_TYPE.match(kind) else ""
+        return f"the search engine failed the request (HTTP {exc.status}{detail})"
+    if isinstance(exc, BackendUnavailableError):
+        logger.warning("engine unavailable: %s", _first_line(exc))
+        return "the search engine is unavailable or did not answer in time; retry later"
+    return _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -929,7 +965,7 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
         status, kind = status_for(exc)
         field = getattr(exc, "field", None)
         limit = getattr(exc, "limit", None)
-        message = _first_line(exc) if status != 500 else "internal error"
+        message = _public_message(exc, status)
         headers = {}
         if status in (429, 503):
             seconds = getattr(exc, "retry_after_s", None)
