@@ -123,7 +123,10 @@ class RerankSettings(BaseSettings):
     ``revision``; ``allow_pickle`` permits ``.bin`` (pickle) weights, which can
     run code when loaded. ``rank_by`` and ``min_score`` are applied by the
     retriever: which of the two scores orders hits, and the least score a hit
-    needs to be kept (on the ``rank_by`` scale).
+    needs to be kept (on the ``rank_by`` scale). ``backend="onnx"`` (CPU only,
+    extra ``fast``) runs the forward pass in ONNX Runtime from an export cached
+    under ``cache_folder`` (else the Hugging Face home); ``quantize="int8"``
+    makes that export dynamically int8-quantized (faster, approximate).
     """
 
     model_config = SettingsConfigDict(env_prefix="SECONDPASS_RERANK_", extra="forbid")
@@ -142,6 +145,8 @@ class RerankSettings(BaseSettings):
     cache_folder: str | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    backend: Literal["torch", "onnx"] = "torch"
+    quantize: Literal["int8"] | None = None
     rank_by: Literal["normalized", "raw"] = "normalized"
     min_score: float | None = None
 

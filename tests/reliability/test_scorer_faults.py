@@ -155,7 +155,7 @@ async def test_breaker_works_for_asyncio_and_lets_exactly_one_probe_through(
         assert {r.status for r in open_results} == {"skipped"} and faulty.calls == calls
         await asyncio.sleep(1.05)
         faulty.mode = "slow"
-        faulty.slow_s = 0.3  # a healthy but not instant probe, so the others arrive while it runs
+        faulty.slow_s = 1.0  # a healthy but not instant probe, so the others arrive while it runs
         racing = await asyncio.gather(*(retriever.asearch("bear", k=5) for _ in range(10)))
         assert faulty.calls == calls + 1, "exactly one probe may reach the scorer"
         assert sorted(r.status for r in racing) == ["ok"] + ["skipped"] * 9

@@ -102,6 +102,7 @@ class _Loaded:
     device: Any
     dtype: Any
     max_length: int
+    onnx: Any = None  # OnnxCrossEncoder when backend="onnx": it runs the forward pass instead
 
 
 class _LazyTruncator:
@@ -152,6 +153,8 @@ class CrossEncoderScorer:
         cache_folder: str | None = None,
         trust_remote_code: bool | None = None,
         allow_pickle: bool | None = None,
+        backend: str | None = None,
+        quantize: str | None = None,
     ) -> None:
         base = RerankSettings() if settings is None else settings
         overrides = {
@@ -169,6 +172,8 @@ class CrossEncoderScorer:
             "cache_folder": cache_folder,
             "trust_remote_code": trust_remote_code,
             "allow_pickle": allow_pickle,
+            "backend": backend,
+            "quantize": quantize,
         }
         chosen = {name: value for name, value in overrides.items() if value is not None}
         try:
@@ -182,6 +187,7 @@ class CrossEncoderScorer:
                 "it is only allowed together with a pinned revision (a commit hash)"
             )
             raise ConfigurationError(msg)
+        self._check_backend()
         self._token_budget = self.settings.token_budget
         self._loaded: _Loaded | None = None
         self._lock = threading.Lock()
@@ -233,6 +239,8 @@ class CrossEncoderScorer:
             ]
             if settings.long_document == "chunk":
                 parts += [f"max_chunks={settings.max_chunks}", f"chunk_overlap={settings.chunk_overlap}"]
+            if settings.backend != "torch":
+                parts += [f"backend={settings.backend}", f"quantize={settings.quantize or '-'}"]
             local = Path(settings.model).expanduser()
             if local.is_dir():
                 digest = hashlib.sha256()
@@ -356,6 +364,9 @@ class CrossEncoderScorer:
             )
 
         def forward(features: dict[str, Any]) -> list[float]:
+            if loaded.onnx is not None:
+                onnx_logits: list[float] = loaded.onnx.logits(features)
+                return onnx_logits
             moved: dict[str, Any] = {
                 name: tensor.to(loaded.device, non_blocking=True) for name, tensor in features.items()
             }
@@ -366,8 +377,11 @@ class CrossEncoderScorer:
 
         def is_oom(exc: BaseException) -> bool:
             oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
-            return (oom_type is not None and isinstance(exc, oom_type)) or (
-                isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+            text = str(exc).lower()
+            return (
+                (oom_type is not None and isinstance(exc, oom_type))
+                or (isinstance(exc, RuntimeError) and "out of memory" in text)
+                or (loaded.onnx is not None and "failed to allocate" in text)  # ONNX Runtime's wording
             )
 
         runner: BatchRunner[dict[str, Any]] = BatchRunner(
@@ -404,6 +418,8 @@ class CrossEncoderScorer:
     def _resolve_device(self) -> str:
         torch = _import_torch()
         wanted = self.settings.device.strip().lower()
+        if self.settings.backend == "onnx":
+            return "cpu"
         if wanted != "auto":
             return wanted
         if torch.cuda.is_available():
@@ -413,8 +429,28 @@ class CrossEncoderScorer:
             return "mps"
         return "cpu"
 
+    def _check_backend(self) -> None:
+        """ONNX runs fp32 on CPU only; int8 is an ONNX option. Checked before anything loads."""
+        settings = self.settings
+        if settings.backend == "torch":
+            if settings.quantize is not None:
+                msg = "quantize='int8' needs backend='onnx' (torch runs fp32, bfloat16 or float16 via dtype)"
+                raise ConfigurationError(msg)
+            return
+        if settings.dtype not in ("auto", "float32"):
+            msg = (
+                f"backend='onnx' runs float32 (or int8 with quantize='int8'); dtype={settings.dtype!r} "
+                "is a torch option, use backend='torch' for it"
+            )
+            raise ConfigurationError(msg)
+        if settings.device.strip().lower() not in ("auto", "cpu"):
+            msg = f"backend='onnx' runs on the CPU; device={settings.device!r} needs backend='torch'"
+            raise ConfigurationError(msg)
+
     def _resolve_dtype_name(self) -> str:
         wanted = self.settings.dtype
+        if self.settings.backend == "onnx":
+            return "float32"
         if wanted != "auto":
             return wanted
         device = self._resolve_device()
@@ -491,11 +527,24 @@ class CrossEncoderScorer:
             raise ModelLoadError(msg)
         max_length = self._window(model, network)
         tokenizer = PairTokenizer.from_pretrained_tokenizer(model.tokenizer, max_length=max_length)
+        onnx_model = None
+        if settings.backend == "onnx":
+            from secondpass.pipeline.onnx_backend import load_onnx_cross_encoder
+
+            input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if tokenizer.with_token_types else [])
+            onnx_model = load_onnx_cross_encoder(
+                network,
+                identity=f"{reference}@{settings.revision or '-'}",
+                cache_folder=settings.cache_folder,
+                quantize=settings.quantize,
+                input_names=input_names,
+                threads=torch.get_num_threads(),
+            )
         logger.info(
             "loaded cross-encoder %s on %s (%s, window %d tokens) in %.1f s",
             reference,
             device,
-            str(dtype).replace("torch.", ""),
+            f"onnx {settings.quantize or 'fp32'}" if onnx_model is not None else str(dtype).replace("torch.", ""),
             max_length,
             time.perf_counter() - started,
         )
@@ -506,6 +555,7 @@ class CrossEncoderScorer:
             device=model.device,
             dtype=dtype,
             max_length=max_length,
+            onnx=onnx_model,
         )
 
     def _window(self, model: Any, network: Any) -> int:
