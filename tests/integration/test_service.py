@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import cohere
@@ -142,17 +143,21 @@ def test_schemathesis_finds_no_server_errors(service: ServiceProcess, tmp_path: 
 
 
 def test_full_queue_answers_429_with_retry_after(
-    service_factory: Callable[..., ServiceProcess],
+    service_factory: Callable[..., ServiceProcess], slow_cross_encoder_dir: Path
 ) -> None:
     # One 300-pair request is admitted into an idle queue; while it is queued, nothing fits.
     svc = service_factory(
+        model_dir=slow_cross_encoder_dir,
         settings={"max_queue_pairs": 100, "max_documents": 300, "retry_after_s": 2}
     )
     refused: list[httpx.Response] = []
     with concurrent.futures.ThreadPoolExecutor(1) as pool, svc.client() as client:
         big = pool.submit(client.post, "/rerank", json={"query": "q", "texts": long_texts(300)})
         while not big.done() and not refused:
-            r = client.post("/rerank", json={"query": "q", "texts": ["small"] * 5})
+            # Unique texts: a cache hit never reaches the queue, so it is never refused.
+            r = client.post(
+                "/rerank", json={"query": "q", "texts": [f"small {uuid.uuid4()}"] * 5}
+            )
             if r.status_code == 429:
                 refused.append(r)
         assert big.result().status_code == 200
@@ -164,9 +169,9 @@ def test_full_queue_answers_429_with_retry_after(
 
 
 def test_request_past_deadline_is_dropped_before_compute(
-    service_factory: Callable[..., ServiceProcess],
+    service_factory: Callable[..., ServiceProcess], slow_cross_encoder_dir: Path
 ) -> None:
-    svc = service_factory(settings={"request_timeout_ms": 300, "max_documents": 300})
+    svc = service_factory(model_dir=slow_cross_encoder_dir, settings={"request_timeout_ms": 300, "max_documents": 300})
     with svc.client() as client:
         r = client.post("/rerank", json={"query": "q", "texts": long_texts(300)})
         batches_before = svc.metric("secondpass_batch_pairs_count")
