@@ -12,22 +12,24 @@ alike; each timing is the wall time of one ``score``/``predict`` call per query
 excluded):
 
   (a) baseline  ``CrossEncoder.predict(pairs)`` with its defaults (batch 32, fp32)
-  (b) exact     fp32 on ``--backend`` (onnx: ``backend="onnx"``; torch: ``dtype="float32"``);
-                scores must equal (a) within 1e-4
-  (c) fast      the fastest of (b), torch bf16 and (with onnx) ONNX int8 among those whose
-                per-query Spearman vs (a) is >= 0.99 in this run; the others are extra rows
+  (b) exact     fp32 on ``--backend`` (``backend="openvino"`` or ``"onnx"``, or torch with
+                ``dtype="float32"``); scores must equal (a) within 1e-4
+  (c) fast      the fastest of (b), torch bf16, OpenVINO bf16 and ONNX int8 (those installed)
+                among those whose per-query Spearman vs (a) is >= 0.99 in this run
   (d) cached    a second pass of (b) through ``LRUScoreCache`` (keys + lookups, no model)
-  extra rows    torch fp32 (when (b) is onnx) and every fast candidate, with their fidelity
+  extra rows    the other fp32 backends and every fast candidate, with their fidelity
 
-``--backend auto`` (default) is onnx when onnxruntime is installed. The ONNX
-export is cached in a temporary directory, built before timing starts.
+``--backend auto`` (default) is openvino when it is installed, else onnx when
+onnxruntime is, else torch. ONNX exports are cached in a temporary directory,
+built before timing starts.
 
-    .venv/bin/python benchmarks/rerank_bench.py [--queries 20] [--passages 100] [--backend auto|torch|onnx]
+    .venv/bin/python benchmarks/rerank_bench.py [--queries 20] [--passages 100] [--backend auto|torch|onnx|openvino]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import random
@@ -55,9 +57,13 @@ from secondpass.types import PassageScore  # noqa: E402
 SCIFACT = Path("/work/shared/data/scifact")
 
 
-def scifact_workload(queries: int, passages: int, rng: random.Random) -> list[tuple[str, list[str]]]:
+def scifact_workload(
+    queries: int, passages: int, rng: random.Random
+) -> list[tuple[str, list[str]]]:
     """Claims as queries; abstracts (title + text, cut to 60-250 words) as passages."""
-    claims = [json.loads(line)["text"] for line in (SCIFACT / "queries.jsonl").open(encoding="utf-8")]
+    claims = [
+        json.loads(line)["text"] for line in (SCIFACT / "queries.jsonl").open(encoding="utf-8")
+    ]
     pool = []
     for line in (SCIFACT / "corpus.jsonl").open(encoding="utf-8"):
         doc = json.loads(line)
@@ -71,7 +77,9 @@ def scifact_workload(queries: int, passages: int, rng: random.Random) -> list[tu
     return workload
 
 
-def generated_workload(queries: int, passages: int, rng: random.Random) -> list[tuple[str, list[str]]]:
+def generated_workload(
+    queries: int, passages: int, rng: random.Random
+) -> list[tuple[str, list[str]]]:
     """Fallback when SciFact is absent: seeded pseudo-English of the same lengths."""
     vocab = (
         "cell protein gene expression patients study results treatment increased reduced risk model "
@@ -81,7 +89,10 @@ def generated_workload(queries: int, passages: int, rng: random.Random) -> list[
     return [
         (
             " ".join(rng.choice(vocab) for _ in range(rng.randint(5, 15))),
-            [" ".join(rng.choice(vocab) for _ in range(rng.randint(60, 250))) for _ in range(passages)],
+            [
+                " ".join(rng.choice(vocab) for _ in range(rng.randint(60, 250)))
+                for _ in range(passages)
+            ],
         )
         for _ in range(queries)
     ]
@@ -98,50 +109,75 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=20)
     parser.add_argument("--passages", type=int, default=100)
     parser.add_argument("--seed", type=int, default=13)
-    parser.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto")
-    parser.add_argument("--onnx-token-budget", type=int, default=4096,
-                        help="token budget of the ONNX scorers (smaller batches suit ORT's CPU kernels)")
+    parser.add_argument("--backend", choices=("auto", "torch", "onnx", "openvino"), default="auto")
+    parser.add_argument(
+        "--onnx-token-budget",
+        type=int,
+        default=4096,
+        help="token budget of the ONNX and OpenVINO scorers (smaller batches suit CPU kernels)",
+    )
     args = parser.parse_args()
+    installed = {
+        name: importlib.util.find_spec(module) is not None
+        for name, module in (("onnx", "onnxruntime"), ("openvino", "openvino"))
+    }
     backend = args.backend
     if backend == "auto":
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            backend = "torch"
-        else:
-            backend = "onnx"
+        backend = next((name for name in ("openvino", "onnx") if installed[name]), "torch")
 
     rng = random.Random(args.seed)
     source = "scifact" if (SCIFACT / "corpus.jsonl").exists() else "generated"
-    workload = (scifact_workload if source == "scifact" else generated_workload)(args.queries, args.passages, rng)
+    workload = (scifact_workload if source == "scifact" else generated_workload)(
+        args.queries, args.passages, rng
+    )
     lengths = [len(p.split()) for _, ps in workload for p in ps]
     pairs_total = sum(len(ps) for _, ps in workload)
-    print(f"workload: {args.queries} queries x {args.passages} passages from {source}, "
-          f"{min(lengths)}-{max(lengths)} words (mean {statistics.mean(lengths):.0f})")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu bf16: "
-          f"{'avx512_bf16' in Path('/proc/cpuinfo').read_text() if Path('/proc/cpuinfo').exists() else '?'}")
+    print(
+        f"workload: {args.queries} queries x {args.passages} passages from {source}, "
+        f"{min(lengths)}-{max(lengths)} words (mean {statistics.mean(lengths):.0f})"
+    )
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu bf16: "
+        f"{'avx512_bf16' in Path('/proc/cpuinfo').read_text() if Path('/proc/cpuinfo').exists() else '?'}"
+    )
 
     from secondpass.pipeline.cache import LRUScoreCache, cache_keys
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_minilm_cross_encoder(Path(tmp) / "minilm-ce", seed=0)
         onnx_cache = str(Path(tmp) / "onnx-cache")
-        onnx_kwargs = {"backend": "onnx", "cache_folder": onnx_cache, "token_budget": args.onnx_token_budget}
+        budget = args.onnx_token_budget
+        cpu_kwargs = {"cache_folder": onnx_cache, "token_budget": budget}
         baseline = CrossEncoder(str(model_dir), device="cpu")
-        scorers: dict[str, CrossEncoderScorer] = {}
-        if backend == "onnx":
-            scorers["exact"] = CrossEncoderScorer(model=str(model_dir), device="cpu", **onnx_kwargs)
-            scorers["torch32"] = CrossEncoderScorer(model=str(model_dir), device="cpu", dtype="float32")
-        else:
-            scorers["exact"] = CrossEncoderScorer(model=str(model_dir), device="cpu", dtype="float32")
-        scorers["bf16"] = CrossEncoderScorer(model=str(model_dir), device="cpu", dtype="bfloat16")
-        if backend == "onnx":
-            scorers["int8"] = CrossEncoderScorer(model=str(model_dir), device="cpu", quantize="int8", **onnx_kwargs)
-        labels = {
-            "exact": f"{backend} fp32" + (f", budget {args.onnx_token_budget}" if backend == "onnx" else ""),
-            "torch32": "torch fp32",
-            "bf16": "torch bf16",
-            "int8": f"onnx int8 (dynamic, per-channel), budget {args.onnx_token_budget}",
+        # name -> (label, settings); "exact" is (b), the fp32 run of --backend
+        fp32 = {
+            "torch": ("torch fp32", {"dtype": "float32"}),
+            "onnx": (f"onnx fp32, budget {budget}", {"backend": "onnx", **cpu_kwargs}),
+            "openvino": (f"openvino fp32, budget {budget}", {"backend": "openvino", **cpu_kwargs}),
+        }
+        plans = {"exact": fp32[backend]}
+        plans.update(
+            {
+                f"{name}32": plan
+                for name, plan in fp32.items()
+                if name != backend and (name == "torch" or installed[name])
+            }
+        )
+        plans["bf16"] = ("torch bf16", {"dtype": "bfloat16"})
+        if installed["openvino"]:
+            plans["ov-bf16"] = (
+                f"openvino bf16, budget {budget}",
+                {"backend": "openvino", "dtype": "bfloat16", **cpu_kwargs},
+            )
+        if installed["onnx"]:
+            plans["int8"] = (
+                f"onnx int8 (dynamic, per-channel), budget {budget}",
+                {"backend": "onnx", "quantize": "int8", **cpu_kwargs},
+            )
+        labels = {name: label for name, (label, _) in plans.items()}
+        scorers = {
+            name: CrossEncoderScorer(model=str(model_dir), device="cpu", **kwargs)
+            for name, (_, kwargs) in plans.items()
         }
         warm_query, warm_passages = workload[0]
         baseline.predict([(warm_query, p) for p in warm_passages])
@@ -162,18 +198,27 @@ def main() -> None:
             expected = np.asarray(expected, dtype=np.float64)
             top_base = set(np.argsort(-expected, kind="stable")[:10].tolist())
             for name, scorer in scorers.items():
-                got, elapsed = timed(lambda q=query, ps=passages, scorer=scorer: scorer.score(q, ps))
+                got, elapsed = timed(
+                    lambda q=query, ps=passages, scorer=scorer: scorer.score(q, ps)
+                )
                 ms[name].append(elapsed)
                 values = np.array([s.normalized for s in got])  # predict applies a sigmoid
                 max_diff[name] = max(max_diff[name], float(np.max(np.abs(values - expected))))
                 spearman[name].append(float(spearmanr(expected, values).statistic))
-                overlap[name].append(len(top_base & set(np.argsort(-values, kind="stable")[:10].tolist())) / 10.0)
+                overlap[name].append(
+                    len(top_base & set(np.argsort(-values, kind="stable")[:10].tolist())) / 10.0
+                )
                 if name == "exact":
                     items = [("scifact", f"{number}-{i}", p) for i, p in enumerate(passages)]
-                    cache.set_many(dict(zip(cache_keys(exact.fingerprint, query, items), got, strict=True)))
+                    cache.set_many(
+                        dict(zip(cache_keys(exact.fingerprint, query, items), got, strict=True))
+                    )
 
         for query, passages in workload:
-            def cached_pass(query: str = query, passages: list[str] = passages) -> list[PassageScore]:
+
+            def cached_pass(
+                query: str = query, passages: list[str] = passages
+            ) -> list[PassageScore]:
                 number = workload.index((query, passages))
                 items = [("scifact", f"{number}-{i}", p) for i, p in enumerate(passages)]
                 keys = cache_keys(exact.fingerprint, query, items)
@@ -186,8 +231,11 @@ def main() -> None:
         for scorer in scorers.values():
             scorer.close()
 
-    assert max_diff["exact"] <= 1e-4, f"exact mode differs from CrossEncoder.predict by {max_diff['exact']:.2e}"
-    candidates = [name for name in ("bf16", "int8") if name in scorers]
+    assert max_diff["exact"] <= 1e-4, (
+        f"exact mode differs from CrossEncoder.predict by {max_diff['exact']:.2e}"
+    )
+    candidates = [name for name in ("bf16", "ov-bf16", "int8") if name in scorers]
+    others = [name for name in scorers if name.endswith("32")]
     # (b) itself is a fast-mode candidate: when exact is quicker than every approximation, it is the fast mode.
     faithful = [name for name in ("exact", *candidates) if min(spearman[name]) >= 0.99]
     fast = min(faithful, key=lambda name: sum(ms[name]))
@@ -197,21 +245,29 @@ def main() -> None:
         ("exact", f"(b) exact: {labels['exact']}"),
         (fast, f"(c) fast: {labels[fast]}" + (" (same as (b))" if fast == "exact" else "")),
         ("cached", "(d) cached repeat of (b) (LRU)"),
-        *[(name, f"    extra: {labels[name]}") for name in ("torch32", *candidates) if name in scorers and name != fast],
+        *[(name, f"    extra: {labels[name]}") for name in (*others, *candidates) if name != fast],
     ]
     width = max(len(label) for _, label in rows) + 2
     print(f"\n{'method':<{width}} {'pairs/s':>9} {'ms/query':>9} {'p50 ms':>8} {'vs (a)':>7}")
     for name, label in rows:
         total = sum(ms[name])
-        print(f"{label:<{width}} {pairs_total / (total / 1000.0):>9.0f} {total / len(workload):>9.2f} "
-              f"{statistics.median(ms[name]):>8.2f} {base_total / total:>6.2f}x")
-    print(f"\n(b) {labels['exact']}: max |score - predict| = {max_diff['exact']:.2e} (sigmoid scores, limit 1e-4)")
-    for name in ("torch32", *candidates):
+        print(
+            f"{label:<{width}} {pairs_total / (total / 1000.0):>9.0f} {total / len(workload):>9.2f} "
+            f"{statistics.median(ms[name]):>8.2f} {base_total / total:>6.2f}x"
+        )
+    print(
+        f"\n(b) {labels['exact']}: max |score - predict| = {max_diff['exact']:.2e} (sigmoid scores, limit 1e-4)"
+    )
+    for name in (*others, *candidates):
         if name in scorers:
-            print(f"{labels[name]}: Spearman vs (a) mean {statistics.mean(spearman[name]):.4f}, "
-                  f"min {min(spearman[name]):.4f}; top-10 overlap mean {statistics.mean(overlap[name]):.2f}, "
-                  f"min {min(overlap[name]):.2f}; max |diff| {max_diff[name]:.2e}")
-    print("goals: exact >= 1.5x, fast >= 3x with Spearman >= 0.99, cached >= 50x (ratios are wall time vs (a))")
+            print(
+                f"{labels[name]}: Spearman vs (a) mean {statistics.mean(spearman[name]):.4f}, "
+                f"min {min(spearman[name]):.4f}; top-10 overlap mean {statistics.mean(overlap[name]):.2f}, "
+                f"min {min(overlap[name]):.2f}; max |diff| {max_diff[name]:.2e}"
+            )
+    print(
+        "goals: exact >= 1.5x, fast >= 3x with Spearman >= 0.99, cached >= 50x (ratios are wall time vs (a))"
+    )
 
 
 if __name__ == "__main__":

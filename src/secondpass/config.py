@@ -127,6 +127,8 @@ class RerankSettings(BaseSettings):
     extra ``fast``) runs the forward pass in ONNX Runtime from an export cached
     under ``cache_folder`` (else the Hugging Face home); ``quantize="int8"``
     makes that export dynamically int8-quantized (faster, approximate).
+    ``backend="openvino"`` (CPU only, extra ``fast``) runs the same export in
+    OpenVINO: fp32 by default, ``dtype="bfloat16"`` for the bf16 fast mode.
     """
 
     model_config = SettingsConfigDict(env_prefix="SECONDPASS_RERANK_", extra="forbid")
@@ -145,7 +147,7 @@ class RerankSettings(BaseSettings):
     cache_folder: str | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False
-    backend: Literal["torch", "onnx"] = "torch"
+    backend: Literal["torch", "onnx", "openvino"] = "torch"
     quantize: Literal["int8"] | None = None
     rank_by: Literal["normalized", "raw"] = "normalized"
     min_score: float | None = None

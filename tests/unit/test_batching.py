@@ -11,11 +11,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from secondpass.errors import RerankError
-from secondpass.pipeline.batching import BatchRunner, PairTokenizer, collate_pairs, plan_batches
+from secondpass.pipeline.batching import (
+    BatchRunner,
+    PairTokenizer,
+    collate_pairs,
+    padded_length,
+    plan_batches,
+)
 
 
 @given(st.lists(st.integers(1, 600), max_size=200), st.integers(1, 20000), st.integers(1, 64))
-def test_plan_covers_every_item_once_within_budget(lengths: list[int], budget: int, cap: int) -> None:
+def test_plan_covers_every_item_once_within_budget(
+    lengths: list[int], budget: int, cap: int
+) -> None:
     plan = plan_batches(lengths, token_budget=budget, max_batch_size=cap)
     flat = [index for batch in plan for index in batch]
     assert sorted(flat) == list(range(len(lengths)))
@@ -37,7 +45,9 @@ class FakeOOM(RuntimeError):
     """Stands in for torch.cuda.OutOfMemoryError at the runner's forward boundary."""
 
 
-def _runner(lengths: Sequence[int], *, limit: int | None = None, overlap: bool = True, budget: int = 4000):
+def _runner(
+    lengths: Sequence[int], *, limit: int | None = None, overlap: bool = True, budget: int = 4000
+):
     calls: list[list[int]] = []
 
     def forward(batch: list[int]) -> list[float]:
@@ -98,7 +108,9 @@ def test_runner_reraises_other_errors_and_stops_its_thread() -> None:
     )
     with pytest.raises(ValueError, match="bad batch"):
         runner.run([10] * 20)
-    leaked = [t for t in threading.enumerate() if t.ident not in before and t.name == "secondpass-collate"]
+    leaked = [
+        t for t in threading.enumerate() if t.ident not in before and t.name == "secondpass-collate"
+    ]
     assert not leaked
 
 
@@ -157,3 +169,15 @@ def test_collate_pads_right_with_mask(hf_tokenizer) -> None:
     assert features["input_ids"].tolist()[1][-2:] == [pairs_tok.pad_id] * 2
     assert features["attention_mask"].tolist() == [[1] * 7, [1] * 5 + [0, 0]]
     assert features["token_type_ids"].tolist()[0] == [0, 0, 0, 1, 1, 1, 1]
+
+
+def test_collate_rounds_the_width_up_to_a_multiple(hf_tokenizer) -> None:
+    pairs_tok = PairTokenizer.from_pretrained_tokenizer(hf_tokenizer, max_length=64)
+    a = pairs_tok.build([1000], [2000, 2001, 2002])
+    b = pairs_tok.build([1000], [2000])
+    features = collate_pairs([a, b], pad_id=pairs_tok.pad_id, pad_to_multiple_of=16)
+    assert features["input_ids"].shape == (2, 16)
+    assert features["attention_mask"].tolist() == [[1] * 7 + [0] * 9, [1] * 5 + [0] * 11]
+    assert features["token_type_ids"].tolist()[0][:7] == [0, 0, 0, 1, 1, 1, 1]
+    assert [padded_length(n, 16) for n in (1, 16, 17)] == [16, 16, 32]
+    assert padded_length(7, 1) == 7

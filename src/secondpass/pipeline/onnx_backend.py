@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -33,7 +34,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from secondpass.errors import MissingDependencyError, ModelLoadError
 
@@ -45,27 +46,32 @@ OPSET = 17  # LayerNormalization is a single op from 17 on
 EXPORT_FORMAT = 1  # bump when the export recipe changes, so old caches are not reused
 _FP32_FILE = "model.onnx"
 _INT8_FILE = "model.int8.onnx"
+_PORTABLE_FILE = "model.portable.onnx"  # traced, standard operators only (for OpenVINO)
 _META_FILE = "export.json"
 # Families whose graph ORT's transformer optimizer knows how to fuse (attention, layer norms, GELU).
 _FUSABLE = {"bert", "roberta", "xlm-roberta", "electra", "camembert"}
 _PROBE_TOLERANCE = 1e-3  # fp32 export vs torch on a probe batch; typical difference is 1e-6
 
 
+def import_fast_extra(package: str) -> Any:
+    """Import a package of the ``fast`` extra, or raise ``MissingDependencyError`` naming the extra.
+
+    Imported on first use, never at module import: the torch backend must not
+    pay for (or need) ONNX Runtime or OpenVINO.
+    """
+    try:
+        return __import__(package)
+    except ImportError as exc:
+        raise MissingDependencyError(package=package, extra="fast") from exc
+
+
 def import_onnxruntime() -> Any:
     """Import ``onnxruntime`` or raise ``MissingDependencyError`` naming the ``fast`` extra."""
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise MissingDependencyError(package="onnxruntime", extra="fast") from exc
-    return onnxruntime
+    return import_fast_extra("onnxruntime")
 
 
 def _import_onnx() -> Any:
-    try:
-        import onnx
-    except ImportError as exc:
-        raise MissingDependencyError(package="onnx", extra="fast") from exc
-    return onnx
+    return import_fast_extra("onnx")
 
 
 def default_cache_root(cache_folder: str | None) -> Path:
@@ -206,7 +212,9 @@ def _quantize_int8(source: Path, target: Path) -> None:
             str(target),
             weight_type=QuantType.QInt8,
             per_channel=True,  # per-tensor weights cost ~0.05 Spearman on MiniLM-sized rerankers
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # fused ops have no inferred types
+            extra_options={
+                "DefaultTensorType": onnx.TensorProto.FLOAT
+            },  # fused ops have no inferred types
         )
     finally:
         root.removeFilter(_drop_root_records)
@@ -222,19 +230,25 @@ def ensure_export(
     *,
     root: Path,
     identity: str,
-    quantize: Quantize,
+    quantize: Quantize = None,
     input_names: list[str],
+    portable: bool = False,
 ) -> Path:
     """Path of the ONNX file for ``network`` (and ``quantize``), exporting it first if absent.
 
-    An export is built in a temporary directory beside its final place and
-    renamed into it, so a crashed or concurrent export never leaves a half
-    written model where a later process would load it.
+    ``portable=True`` asks for the plain traced graph (standard ONNX operators
+    only, no ONNX Runtime contrib fusions), which other runtimes such as
+    OpenVINO read. An export is built in a temporary directory beside its
+    final place and renamed into it, so a crashed or concurrent export never
+    leaves a half written model where a later process would load it.
     """
     key = export_key(network, identity=identity)
     key["inputs"] = ",".join(input_names)
     directory = export_dir(root, key)
-    wanted = directory / (_INT8_FILE if quantize == "int8" else _FP32_FILE)
+    if portable:
+        wanted = directory / _PORTABLE_FILE
+    else:
+        wanted = directory / (_INT8_FILE if quantize == "int8" else _FP32_FILE)
     if wanted.is_file():
         logger.debug("reusing ONNX export %s", wanted)
         return wanted
@@ -243,22 +257,15 @@ def ensure_export(
     started = time.perf_counter()
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
     try:
-        if (directory / _FP32_FILE).is_file():
-            shutil.copy2(directory / _FP32_FILE, staging / _FP32_FILE)
-        else:
-            traced = staging / "traced.onnx"
-            _export_fp32(network, traced, input_names=input_names)
-            if not _fuse(traced, staging / _FP32_FILE, getattr(network, "config", None)):
-                traced.replace(staging / _FP32_FILE)
-            traced.unlink(missing_ok=True)
-        if quantize == "int8":
-            _quantize_int8(staging / _FP32_FILE, staging / _INT8_FILE)
-        (staging / _META_FILE).write_text(json.dumps(key, indent=2, sort_keys=True), encoding="utf-8")
+        _build_in(staging, directory, network, wanted=wanted.name, input_names=input_names)
+        (staging / _META_FILE).write_text(
+            json.dumps(key, indent=2, sort_keys=True), encoding="utf-8"
+        )
         directory.mkdir(parents=True, exist_ok=True)
-        for item in staging.iterdir():
-            destination = directory / item.name
-            if not destination.exists():
-                os.replace(item, destination)
+        for name in (wanted.name, _FP32_FILE, _META_FILE):
+            item = staging / name
+            if item.is_file() and not (directory / name).exists():
+                os.replace(item, directory / name)
     except MissingDependencyError:
         raise
     except Exception as exc:
@@ -268,6 +275,38 @@ def ensure_export(
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("exported cross-encoder to %s in %.1f s", wanted, time.perf_counter() - started)
     return wanted
+
+
+def _build_in(
+    staging: Path, directory: Path, network: Any, *, wanted: str, input_names: list[str]
+) -> None:
+    """Write ``wanted`` (and the fused fp32 graph it derives from) into ``staging``.
+
+    Files already in ``directory`` are copied rather than rebuilt: the trace
+    and the fusion run at most once per model. Only the fused fp32 graph is
+    kept besides what was asked for (the traced graph is as large as the
+    weights, and only a portable request keeps it).
+    """
+    traced = staging / _PORTABLE_FILE
+
+    def trace() -> Path:
+        if not traced.is_file():
+            if (directory / _PORTABLE_FILE).is_file():
+                shutil.copy2(directory / _PORTABLE_FILE, traced)
+            else:
+                _export_fp32(network, traced, input_names=input_names)
+        return traced
+
+    if wanted == _PORTABLE_FILE:
+        trace()
+        return
+    fused = staging / _FP32_FILE
+    if (directory / _FP32_FILE).is_file():
+        shutil.copy2(directory / _FP32_FILE, fused)
+    elif not _fuse(trace(), fused, getattr(network, "config", None)):
+        shutil.copy2(trace(), fused)
+    if wanted == _INT8_FILE:
+        _quantize_int8(fused, staging / _INT8_FILE)
 
 
 @dataclass(slots=True)
@@ -286,7 +325,9 @@ class OnnxCrossEncoder:
         feeds = {}
         for name in self.input_names:
             value = features[name]
-            feeds[name] = np.ascontiguousarray(value.numpy() if hasattr(value, "numpy") else value, dtype=np.int64)
+            feeds[name] = np.ascontiguousarray(
+                value.numpy() if hasattr(value, "numpy") else value, dtype=np.int64
+            )
         (out,) = self.session.run(["logits"], feeds)
         return [float(value) for value in np.asarray(out, dtype=np.float64).reshape(-1)]
 
@@ -310,29 +351,65 @@ def load_onnx_cross_encoder(
     """
     onnxruntime = import_onnxruntime()
     path = ensure_export(
-        network, root=default_cache_root(cache_folder), identity=identity, quantize=quantize, input_names=input_names
+        network,
+        root=default_cache_root(cache_folder),
+        identity=identity,
+        quantize=quantize,
+        input_names=input_names,
     )
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = max(1, threads)
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # Idle ORT threads spin by default; here they would steal the cores that
+    # tokenize and collate the next batch between runs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:
         msg = f"could not open the ONNX export {str(path)!r}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
         raise ModelLoadError(msg) from exc
-    model = OnnxCrossEncoder(session=session, path=path, input_names=tuple(input_names), quantize=quantize)
+    model = OnnxCrossEncoder(
+        session=session, path=path, input_names=tuple(input_names), quantize=quantize
+    )
     if quantize is None:
-        _check_probe(model, network, input_names)
+        check_probe(model, network, input_names)
     return model
 
 
-def _check_probe(model: OnnxCrossEncoder, network: Any, input_names: list[str]) -> None:
-    """Compare ONNX and torch logits on a padded batch; raise ``ModelLoadError`` if they disagree."""
+class LogitsModel(Protocol):
+    """A forward pass outside torch: model inputs in, one relevance logit per row out."""
+
+    def logits(self, features: Mapping[str, Any]) -> list[float]:
+        """One logit per row of ``features`` (CPU tensors or arrays named like the model inputs)."""
+        ...
+
+
+def check_probe(
+    model: LogitsModel,
+    network: Any,
+    input_names: list[str],
+    *,
+    tolerance: float = _PROBE_TOLERANCE,
+    runtime: str = "ONNX",
+) -> None:
+    """Compare ``model`` and torch logits on a padded batch; raise ``ModelLoadError`` if they disagree.
+
+    ``tolerance`` is absolute for logits up to 1 and relative above. Two rows
+    of different lengths (one padded) catch an export that baked in a shape or
+    mishandles the attention mask, at load instead of at query time.
+    """
     import torch
 
-    ids = torch.tensor([[101, 2054, 2003, 1037, 4937, 102, 1037, 2235, 102, 0, 0], [101, 4937, 102, 2235] + [0] * 7])
+    ids = torch.tensor(
+        [
+            [101, 2054, 2003, 1037, 4937, 102, 1037, 2235, 102, 0, 0],
+            [101, 4937, 102, 2235] + [0] * 7,
+        ]
+    )
     mask = (torch.arange(ids.shape[1]) < torch.tensor([[9], [4]])).long()
     vocab = int(getattr(getattr(network, "config", None), "vocab_size", 30522))
     ids = ids % vocab
@@ -341,10 +418,13 @@ def _check_probe(model: OnnxCrossEncoder, network: Any, input_names: list[str]) 
     with torch.inference_mode():
         expected = network(**features).logits.float().reshape(-1).tolist()
     got = model.logits(features)
-    worst = max(abs(a - b) for a, b in zip(expected, got, strict=True))
-    if worst > _PROBE_TOLERANCE:
+    # NaN compares False with everything: count a non-finite logit as infinitely wrong.
+    worst = max(
+        abs(a - b) if math.isfinite(b) else math.inf for a, b in zip(expected, got, strict=True)
+    )
+    if worst > tolerance * max(1.0, *(abs(value) for value in expected)):
         msg = (
-            f"the ONNX export of this model disagrees with torch by {worst:.2e} on a probe batch; "
+            f"the {runtime} run of this model disagrees with torch by {worst:.2e} on a probe batch; "
             "use backend='torch' for it"
         )
         raise ModelLoadError(msg)
