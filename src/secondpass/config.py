@@ -30,7 +30,9 @@ class ConnectionSettings(BaseSettings):
     request timeout), and ``deadline_s`` bounds a whole call including retries.
     ``compatible_with`` (Elasticsearch only) pins the major version in the REST
     compatibility headers; ``None`` sends plain ``application/json``, which
-    8.x and 9.x servers both accept.
+    8.x and 9.x servers both accept. ``max_connections`` is the pool size per
+    node: opensearch-py's sync client otherwise keeps a single connection, so
+    concurrent threads open and throw away a connection per request.
 
     Example:
         >>> s = ConnectionSettings(hosts="https://elastic:secret@es.example:9200")
@@ -56,6 +58,7 @@ class ConnectionSettings(BaseSettings):
     initial_backoff_s: float = Field(default=0.2, ge=0)
     max_backoff_s: float = Field(default=2.0, ge=0)
     compatible_with: int | None = Field(default=None, ge=7)
+    max_connections: int = Field(default=10, ge=1, le=1000)
 
     @field_validator("hosts", mode="before")
     @classmethod

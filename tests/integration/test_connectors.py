@@ -295,6 +295,25 @@ def test_custom_id_field_stays_in_the_source(connector: Any) -> None:
     assert {h.source["doc_id"] for h in hits} == {17, 18}  # the source keeps its own field
 
 
+def _connections_opened(url: str) -> int:
+    nodes = httpx.get(f"{url}/_nodes/stats/http", timeout=30.0).json()["nodes"]
+    return sum(int(node["http"]["total_opened"]) for node in nodes.values())
+
+
+def test_concurrent_threads_reuse_pooled_connections(loaded: Any, engine: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    requests = [SearchRequest(_WORDS[i % len(_WORDS)], size=5) for i in range(120)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert all(pool.map(loaded.search, requests))  # the pool fills up to what 8 threads need
+        before = _connections_opened(engine.url)
+        assert all(pool.map(loaded.search, requests))
+    opened = _connections_opened(engine.url) - before
+    # The second burst runs on pooled connections: only the stats call opens one. A pool
+    # smaller than the number of threads discards connections and opens new ones.
+    assert opened <= 2, f"{opened} new connections for a second burst of 120 searches"
+
+
 async def test_async_connector_returns_what_the_sync_one_does(loaded: Any, engine: Any) -> None:
     request = SearchRequest("tiger common", size=6, filters=[{"term": {"lang": "en"}}])
     expected = loaded.search(request)

@@ -70,6 +70,7 @@ def client_kwargs(settings: ConnectionSettings, *, asynchronous: bool = False) -
     sync_cls, async_cls = _transport_classes(settings.compatible_with)
     kwargs = client_options(settings, timeout_key="request_timeout", basic_auth_key="basic_auth")
     kwargs["transport_class"] = async_cls if asynchronous else sync_cls
+    kwargs["connections_per_node"] = settings.max_connections
     if settings.api_key is not None:
         kwargs["api_key"] = settings.api_key.get_secret_value()
     return kwargs

@@ -29,7 +29,9 @@ def _require_client() -> Any:
 
 def client_kwargs(settings: ConnectionSettings) -> dict[str, Any]:
     """Constructor arguments for ``OpenSearch``/``AsyncOpenSearch`` from our settings."""
-    return client_options(settings, timeout_key="timeout", basic_auth_key="http_auth")
+    kwargs = client_options(settings, timeout_key="timeout", basic_auth_key="http_auth")
+    kwargs["pool_maxsize"] = settings.max_connections  # both connection classes take this name
+    return kwargs
 
 
 def translate_error(exc: BaseException, what: str) -> ConnectorError | None:
