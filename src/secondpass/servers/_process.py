@@ -19,7 +19,8 @@ import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from types import TracebackType
+from typing import ClassVar, Protocol, TypeVar
 
 from secondpass.errors import ServerStartError
 
@@ -183,3 +184,65 @@ def kill(proc: subprocess.Popen[bytes], *, wait_s: float = 10.0) -> None:
     deadline = time.monotonic() + wait_s
     while group_alive(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+_Server = TypeVar("_Server", bound="ManagedServer")
+
+
+class ManagedServer:
+    """The process-group lifecycle every local server shares: stop, crash, hang, restart.
+
+    Why one base: fault tests drive Elasticsearch, OpenSearch and Redis the
+    same way (SIGKILL as a crash, SIGSTOP as a hang), so the signals and the
+    order they are sent in live here once. Subclasses start the process into
+    ``_proc`` and say in ``close`` what else they clean up.
+    """
+
+    _proc: subprocess.Popen[bytes] | None = None
+    stop_grace_s: ClassVar[float] = 30.0
+
+    def start(self: _Server) -> _Server:
+        """Start the server and wait until it answers."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop the server and remove what :meth:`start` created."""
+        raise NotImplementedError
+
+    def stop(self, *, grace_s: float | None = None) -> None:
+        """SIGTERM the group (SIGKILL after ``grace_s``); the next :meth:`start` reuses the port."""
+        if self._proc is not None:
+            terminate(self._proc, grace_s=self.stop_grace_s if grace_s is None else grace_s)
+            self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the group at once, as a crash would."""
+        if self._proc is not None:
+            kill(self._proc)
+            self._proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP the group: the kernel still accepts connections, nothing answers."""
+        if self._proc is not None:
+            signal_group(self._proc, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        if self._proc is not None:
+            signal_group(self._proc, signal.SIGCONT)
+
+    def restart(self: _Server) -> _Server:
+        """Stop (if running) and start again on the same port."""
+        self.stop()
+        return self.start()
+
+    def __enter__(self: _Server) -> _Server:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

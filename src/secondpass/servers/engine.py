@@ -13,13 +13,11 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
 import httpx
 
@@ -69,7 +67,7 @@ def _rewrite_jvm_options(text: str, jdk: _java.Jdk, logs: Path) -> str:
     return "\n".join(kept) + "\n"
 
 
-class LocalEngine:
+class LocalEngine(_process.ManagedServer):
     """One single-node Elasticsearch or OpenSearch process on 127.0.0.1.
 
     Construction does no I/O; :meth:`start` fetches the distribution if needed,
@@ -118,7 +116,7 @@ class LocalEngine:
         self.fast_start = fast_start
         self._workdir = workdir
         self._owns_workdir = workdir is None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc = None
         self._configured = False
         self.last_start_s: float | None = None
 
@@ -315,33 +313,6 @@ class LocalEngine:
                     raise ServerStartError(msg)
                 time.sleep(0.25)
 
-    def stop(self, *, grace_s: float = 30.0) -> None:
-        """SIGTERM the node (SIGKILL after ``grace_s``); keeps its data for a restart."""
-        if self._proc is not None:
-            _process.terminate(self._proc, grace_s=grace_s)
-            self._proc = None
-
-    def kill(self) -> None:
-        """SIGKILL the node at once, as a crash would (data stays for a restart)."""
-        if self._proc is not None:
-            _process.kill(self._proc)
-            self._proc = None
-
-    def pause(self) -> None:
-        """SIGSTOP every process of the node: connections hang instead of failing."""
-        if self._proc is not None:
-            _process.signal_group(self._proc, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """SIGCONT after :meth:`pause`."""
-        if self._proc is not None:
-            _process.signal_group(self._proc, signal.SIGCONT)
-
-    def restart(self) -> LocalEngine:
-        """Stop (if running) and start again on the same port and data directory."""
-        self.stop()
-        return self.start()
-
     def close(self) -> None:
         """Stop the node and delete its working directory (if we created it)."""
         self.stop()
@@ -349,17 +320,6 @@ class LocalEngine:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
             self._configured = False
-
-    def __enter__(self) -> LocalEngine:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         where = self.url if self.port is not None else "not started"

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import logging
 import shutil
-import signal
 import socket
-import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 from secondpass.errors import ServerStartError
 from secondpass.servers import _process
@@ -35,7 +32,7 @@ def _ping(port: int, timeout_s: float = 0.5) -> bool:
         return False
 
 
-class LocalRedis:
+class LocalRedis(_process.ManagedServer):
     """One ``redis-server`` process on 127.0.0.1 with persistence off.
 
     Construction does no I/O; :meth:`start` picks a free port (kept across
@@ -47,6 +44,8 @@ class LocalRedis:
         ...     server.url
         'redis://127.0.0.1:40197/0'
     """
+
+    stop_grace_s = 10.0
 
     def __init__(
         self,
@@ -63,7 +62,7 @@ class LocalRedis:
         self.start_timeout_s = start_timeout_s
         self.maxmemory_mb = maxmemory_mb
         self._workdir: Path | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc = None
 
     @property
     def url(self) -> str:
@@ -143,50 +142,12 @@ class LocalRedis:
         log.info("redis-server ready on %s", self.url)
         return self
 
-    def stop(self, *, grace_s: float = 10.0) -> None:
-        """SIGTERM (SIGKILL after ``grace_s``); the next :meth:`start` reuses the port."""
-        if self._proc is not None:
-            _process.terminate(self._proc, grace_s=grace_s)
-            self._proc = None
-
-    def kill(self) -> None:
-        """SIGKILL at once, as a crash would."""
-        if self._proc is not None:
-            _process.kill(self._proc)
-            self._proc = None
-
-    def pause(self) -> None:
-        """SIGSTOP: clients connect (the kernel accepts) but get no answer."""
-        if self._proc is not None:
-            _process.signal_group(self._proc, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """SIGCONT after :meth:`pause`."""
-        if self._proc is not None:
-            _process.signal_group(self._proc, signal.SIGCONT)
-
-    def restart(self) -> LocalRedis:
-        """Stop and start again on the same port (the data is gone: no persistence)."""
-        self.stop()
-        return self.start()
-
     def close(self) -> None:
         """Stop and remove the working directory."""
         self.stop()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
-
-    def __enter__(self) -> LocalRedis:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         where = self.url if self.port is not None else "not started"
