@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from secondpass.commands._flags import add_settings_flags, flag_overrides
+
 _AREAS = {"rerank": "SECONDPASS_RERANK_", "cache": "SECONDPASS_CACHE_"}
 _SPECIAL = ("indices",)
 
 
 def register(subparsers: Any) -> None:
     """Add the ``proxy`` sub-command."""
-    from secondpass.commands.serve import _add_flag
     from secondpass.service.proxy_settings import CONFIG_FILE_ENV, ProxySettings
 
     parser = subparsers.add_parser(
@@ -50,17 +51,14 @@ def register(subparsers: Any) -> None:
         metavar="NAME=TEMPLATE",
         help="str.format template over an --index's fields, e.g. 'docs={title}: {body}'",
     )  # fmt: skip
-    top = parser.add_argument_group("proxy")
-    for name, info in ProxySettings.model_fields.items():
-        if name in _AREAS or name in _SPECIAL:
-            continue
-        _add_flag(top, name, name, info, f"SECONDPASS_PROXY_{name.upper()}")
-    for area, prefix in _AREAS.items():
-        area_cls = ProxySettings.model_fields[area].annotation
-        assert isinstance(area_cls, type)
-        group = parser.add_argument_group(area)
-        for name, info in area_cls.model_fields.items():  # type: ignore[attr-defined]
-            _add_flag(group, f"{area}-{name}", f"{area}.{name}", info, f"{prefix}{name.upper()}")
+    add_settings_flags(
+        parser,
+        ProxySettings,
+        group="proxy",
+        env_prefix="SECONDPASS_PROXY_",
+        areas=_AREAS,
+        skip=_SPECIAL,
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -81,15 +79,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The settings the command line sets, as keyword overrides for ``ProxySettings.load``."""
     from secondpass.errors import ConfigurationError
 
-    overrides: dict[str, Any] = {}
-    for key, value in vars(args).items():
-        if key in ("handler", "command", "verbose", "config", "index_fields", "index_templates"):
-            continue
-        area, _, name = key.partition(".")
-        if name:
-            overrides.setdefault(area, {})[name] = value
-        else:
-            overrides[key] = value
+    overrides = flag_overrides(args, skip=("index_fields", "index_templates"))
     fields = _pairs(args.index_fields, "--index")
     templates = _pairs(args.index_templates, "--index-template")
     unknown = sorted(set(templates) - set(fields))

@@ -10,14 +10,15 @@ environment or the config file.
 from __future__ import annotations
 
 import argparse
-import types
-import typing
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import SecretStr
-from pydantic.fields import FieldInfo
+from secondpass.commands._flags import add_settings_flags, flag_overrides
 
-_AREAS = {"rerank": "SECONDPASS_RERANK_", "cache": "SECONDPASS_CACHE_", "engine": "SECONDPASS_ENGINE_"}
+_AREAS = {
+    "rerank": "SECONDPASS_RERANK_",
+    "cache": "SECONDPASS_CACHE_",
+    "engine": "SECONDPASS_ENGINE_",
+}
 
 
 def register(subparsers: Any) -> None:
@@ -44,81 +45,15 @@ def register(subparsers: Any) -> None:
         default=None,
         help=f"settings file (.toml, .json or .yaml) [env {CONFIG_FILE_ENV}]",
     )
-    top = parser.add_argument_group("service")
-    for name, info in ServiceSettings.model_fields.items():
-        if name in _AREAS:
-            continue
-        _add_flag(top, name, name, info, f"SECONDPASS_SERVICE_{name.upper()}")
-    for area, prefix in _AREAS.items():
-        area_cls = ServiceSettings.model_fields[area].annotation
-        assert isinstance(area_cls, type)
-        group = parser.add_argument_group(area)
-        for name, info in area_cls.model_fields.items():  # type: ignore[attr-defined]
-            env = f"{prefix}{name.upper()}"
-            _add_flag(group, f"{area}-{name}", f"{area}.{name}", info, env)
+    add_settings_flags(
+        parser, ServiceSettings, group="service", env_prefix="SECONDPASS_SERVICE_", areas=_AREAS
+    )
     parser.set_defaults(handler=_run)
-
-
-def _add_flag(group: Any, flag: str, dest: str, info: FieldInfo, env: str) -> None:
-    kind, optional = _unwrap(info.annotation)
-    if kind is SecretStr:
-        return
-    default = info.get_default(call_default_factory=True)
-    if isinstance(default, list):
-        default = " ".join(str(v) for v in default)
-    help_text = (info.description or dest.replace("_", " ")).replace("%", "%%")
-    help_text += f" (default: {default}) [env {env}]"
-    kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": help_text}
-    origin = typing.get_origin(kind)
-    if kind is bool:
-        kwargs["action"] = argparse.BooleanOptionalAction
-    elif origin is Literal:
-        kwargs["choices"] = list(typing.get_args(kind))
-    elif origin is list:
-        kwargs["nargs"] = "+"
-        kwargs["metavar"] = "VALUE"
-    elif kind in (int, float):
-        kwargs["type"] = kind
-        kwargs["metavar"] = "N" if kind is int else "X"
-    else:
-        kwargs["metavar"] = "TEXT"
-    if optional and kind is not bool and origin is not list:
-        kwargs["help"] += "; 'none' unsets"
-        base = kwargs.pop("type", str)
-        kwargs["type"] = _nullable(base)
-    group.add_argument("--" + flag.replace("_", "-"), **kwargs)
-
-
-def _unwrap(annotation: Any) -> tuple[Any, bool]:
-    """(the type inside ``X | None``, whether None was allowed)."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], True
-    return annotation, False
-
-
-def _nullable(base: Any) -> Any:
-    def convert(text: str) -> Any:
-        return None if text.lower() == "none" else base(text)
-
-    convert.__name__ = getattr(base, "__name__", "value")
-    return convert
 
 
 def _run(args: argparse.Namespace) -> int:
     from secondpass.service.server import serve
     from secondpass.service.settings import ServiceSettings
 
-    overrides: dict[str, Any] = {}
-    for key, value in vars(args).items():
-        if key in ("handler", "command", "verbose", "config"):
-            continue
-        area, _, name = key.partition(".")
-        if name:
-            overrides.setdefault(area, {})[name] = value
-        else:
-            overrides[key] = value
-    settings = ServiceSettings.load(args.config, **overrides)
+    settings = ServiceSettings.load(args.config, **flag_overrides(args))
     return serve(settings)

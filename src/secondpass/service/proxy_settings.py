@@ -22,23 +22,17 @@ Example:
 
 from __future__ import annotations
 
-import os
 import string
-from contextvars import ContextVar
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from secondpass.config import CacheSettings, RerankSettings
-from secondpass.errors import ConfigurationError
 from secondpass.service.proxy_rules import IndexText, IndexTextRules
-from secondpass.service.settings import _file_source, _summarise
+from secondpass.service.settings_files import FileBackedSettings
 
 CONFIG_FILE_ENV = "SECONDPASS_PROXY_CONFIG_FILE"
-
-_config_file: ContextVar[Path | None] = ContextVar("secondpass_proxy_config_file", default=None)
 
 
 def _check_template(value: str | None) -> str | None:
@@ -76,8 +70,11 @@ class IndexTextSettings(BaseModel):
         return _check_template(value)
 
 
-class ProxySettings(BaseSettings):
+class ProxySettings(FileBackedSettings):
     """Everything ``secondpass proxy`` needs (env prefix ``SECONDPASS_PROXY_``)."""
+
+    config_file_env: ClassVar[str] = CONFIG_FILE_ENV
+    settings_name: ClassVar[str] = "proxy"
 
     model_config = SettingsConfigDict(
         env_prefix="SECONDPASS_PROXY_",
@@ -191,44 +188,3 @@ class ProxySettings(BaseSettings):
             ),
             default,
         )
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Add the config file below the environment and above the defaults."""
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
-        path = _config_file.get()
-        if path is None and os.environ.get(CONFIG_FILE_ENV):
-            path = Path(os.environ[CONFIG_FILE_ENV])
-        if path is not None:
-            sources.append(_file_source(settings_cls, path))
-        sources.append(file_secret_settings)
-        return tuple(sources)
-
-    @classmethod
-    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> ProxySettings:
-        """Build settings from a config file, the environment and explicit overrides.
-
-        Invalid settings raise :class:`~secondpass.errors.ConfigurationError` naming
-        each field, never echoing its value (it may be a secret).
-        """
-        path = Path(config_file) if config_file is not None else None
-        if path is not None and not path.is_file():
-            msg = f"config file {str(path)!r} does not exist"
-            raise ConfigurationError(msg)
-        token = _config_file.set(path)
-        try:
-            return cls(**overrides)
-        except ValueError as exc:
-            if isinstance(exc, ConfigurationError):
-                raise
-            msg = f"invalid proxy settings: {_summarise(exc)}"
-            raise ConfigurationError(msg) from exc
-        finally:
-            _config_file.reset(token)

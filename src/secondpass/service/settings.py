@@ -16,33 +16,22 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-from contextvars import ContextVar
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    JsonConfigSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-    YamlConfigSettingsSource,
-)
+from pydantic_settings import SettingsConfigDict
 
 from secondpass.config import CacheSettings, ConnectionSettings, RerankSettings
-from secondpass.errors import ConfigurationError
+from secondpass.service.settings_files import FileBackedSettings
 
 CONFIG_FILE_ENV = "SECONDPASS_SERVICE_CONFIG_FILE"
 
-# The config file is chosen at run time (a CLI flag), while pydantic-settings asks the
-# class for its sources; a context variable carries the path across without globals.
-_config_file: ContextVar[Path | None] = ContextVar("secondpass_service_config_file", default=None)
 
-
-class ServiceSettings(BaseSettings):
+class ServiceSettings(FileBackedSettings):
     """Everything ``secondpass serve`` needs (env prefix ``SECONDPASS_SERVICE_``)."""
+
+    config_file_env: ClassVar[str] = CONFIG_FILE_ENV
+    settings_name: ClassVar[str] = "service"
 
     model_config = SettingsConfigDict(
         env_prefix="SECONDPASS_SERVICE_",
@@ -186,47 +175,6 @@ class ServiceSettings(BaseSettings):
         """Whether ``/v1/search`` is served (an index is configured)."""
         return self.search_index is not None
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Add the config file below the environment and above the defaults."""
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
-        path = _config_file.get()
-        if path is None and os.environ.get(CONFIG_FILE_ENV):
-            path = Path(os.environ[CONFIG_FILE_ENV])
-        if path is not None:
-            sources.append(_file_source(settings_cls, path))
-        sources.append(file_secret_settings)
-        return tuple(sources)
-
-    @classmethod
-    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> ServiceSettings:
-        """Build settings from a config file, the environment and explicit overrides.
-
-        ``overrides`` win over everything (the CLI passes the flags it was given);
-        nested areas are dicts, e.g. ``rerank={"device": "cpu"}``.
-        """
-        path = Path(config_file) if config_file is not None else None
-        if path is not None and not path.is_file():
-            msg = f"config file {str(path)!r} does not exist"
-            raise ConfigurationError(msg)
-        token = _config_file.set(path)
-        try:
-            return cls(**overrides)
-        except ValueError as exc:
-            if isinstance(exc, ConfigurationError):
-                raise
-            msg = f"invalid service settings: {_summarise(exc)}"
-            raise ConfigurationError(msg) from exc
-        finally:
-            _config_file.reset(token)
-
 
 def _decode_json_list(value: Any) -> Any:
     """Nested env values arrive as text; a JSON list (``["http://a:9200"]``) becomes a list."""
@@ -236,30 +184,3 @@ def _decode_json_list(value: Any) -> Any:
         except ValueError:
             return value
     return value
-
-
-def _file_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSettingsSource:
-    suffix = path.suffix.lower()
-    if not path.is_file():
-        msg = f"config file {str(path)!r} does not exist"
-        raise ConfigurationError(msg)
-    if suffix == ".toml":
-        return TomlConfigSettingsSource(settings_cls, toml_file=path)
-    if suffix == ".json":
-        return JsonConfigSettingsSource(settings_cls, json_file=path)
-    if suffix in (".yaml", ".yml"):
-        return YamlConfigSettingsSource(settings_cls, yaml_file=path)
-    msg = f"config file {str(path)!r}: unsupported format {suffix!r}; use .toml, .json or .yaml"
-    raise ConfigurationError(msg)
-
-
-def _summarise(exc: ValueError) -> str:
-    """One line per invalid setting, without echoing values (they may be secrets)."""
-    errors = getattr(exc, "errors", None)
-    if not callable(errors):
-        return str(exc).splitlines()[0]
-    parts = []
-    for err in errors(include_input=False, include_url=False):
-        loc = ".".join(str(p) for p in err.get("loc", ()))
-        parts.append(f"{loc or 'settings'}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts)
