@@ -430,29 +430,18 @@ class Retriever:
         started: float,
         deadline_ms: float | None,
     ) -> SearchResult:
-        _check_page(k, offset)
-        deadline_at = self._deadline_at(started, deadline_ms)
-        plan = self._plan(query, hits, started, deadline_at)
-        if not plan.items:  # nothing for the model: no thread hop, no model call
-            return self._finish(plan, _Scored((), 0, 0, {}), "ok", None, k, offset, started)
-        if deadline_at is not None and time.perf_counter() >= deadline_at:
-            return self._degrade(plan, "skipped", self._spent_reason(started), None, k, offset, started)
-        if self.breaker is not None and not self.breaker.allow():
-            return self._circuit_open(plan, k, offset, started)
+        plan, deadline_at, early = self._prepare(query, hits, k, offset, started, deadline_ms)
+        if early is not None:
+            return early
         future = self._submit(plan)
         try:
             scored = future.result(timeout=_time_left(deadline_at))
         except FutureTimeoutError as exc:
             future.cancel()
-            self._scoring_failed()
-            reason = self._deadline_reason(started, deadline_at)
-            return self._degrade(plan, "failed", reason, exc, k, offset, started)
+            return self._timed_out(plan, exc, k, offset, started, deadline_at)
         except Exception as exc:  # noqa: BLE001 - any scorer fault degrades, never crashes search
-            self._scoring_failed()
-            return self._degrade(plan, "failed", _failure_reason(exc), exc, k, offset, started)
-        if self.breaker is not None:
-            self.breaker.record_success()
-        return self._finish(plan, scored, "ok", None, k, offset, started)
+            return self._failed(plan, exc, k, offset, started)
+        return self._scored(plan, scored, k, offset, started)
 
     async def _arerank(
         self,
@@ -463,25 +452,64 @@ class Retriever:
         started: float,
         deadline_ms: float | None,
     ) -> SearchResult:
-        _check_page(k, offset)
-        deadline_at = self._deadline_at(started, deadline_ms)
-        plan = self._plan(query, hits, started, deadline_at)
-        if not plan.items:  # nothing for the model: no thread hop, no model call
-            return self._finish(plan, _Scored((), 0, 0, {}), "ok", None, k, offset, started)
-        if deadline_at is not None and time.perf_counter() >= deadline_at:
-            return self._degrade(plan, "skipped", self._spent_reason(started), None, k, offset, started)
-        if self.breaker is not None and not self.breaker.allow():
-            return self._circuit_open(plan, k, offset, started)
+        """The asyncio twin of :meth:`_rerank`: the same steps, awaiting the scoring thread."""
+        plan, deadline_at, early = self._prepare(query, hits, k, offset, started, deadline_ms)
+        if early is not None:
+            return early
         future = asyncio.wrap_future(self._submit(plan))
         try:
             scored = await asyncio.wait_for(future, timeout=_time_left(deadline_at))
         except asyncio.TimeoutError as exc:
-            self._scoring_failed()
-            reason = self._deadline_reason(started, deadline_at)
-            return self._degrade(plan, "failed", reason, exc, k, offset, started)
+            return self._timed_out(plan, exc, k, offset, started, deadline_at)
         except Exception as exc:  # noqa: BLE001 - any scorer fault degrades, never crashes search
-            self._scoring_failed()
-            return self._degrade(plan, "failed", _failure_reason(exc), exc, k, offset, started)
+            return self._failed(plan, exc, k, offset, started)
+        return self._scored(plan, scored, k, offset, started)
+
+    def _prepare(
+        self,
+        query: str,
+        hits: Sequence[Hit],
+        k: int | None,
+        offset: int,
+        started: float,
+        deadline_ms: float | None,
+    ) -> tuple[_Plan, float | None, SearchResult | None]:
+        """The plan, the deadline, and the answer when the model must not (or need not) run."""
+        _check_page(k, offset)
+        deadline_at = self._deadline_at(started, deadline_ms)
+        plan = self._plan(query, hits, started, deadline_at)
+        early: SearchResult | None = None
+        if not plan.items:  # nothing for the model: no thread hop, no model call
+            early = self._finish(plan, _Scored((), 0, 0, {}), "ok", None, k, offset, started)
+        elif deadline_at is not None and time.perf_counter() >= deadline_at:
+            reason = self._spent_reason(started)
+            early = self._degrade(plan, "skipped", reason, None, k, offset, started)
+        elif self.breaker is not None and not self.breaker.allow():
+            early = self._circuit_open(plan, k, offset, started)
+        return plan, deadline_at, early
+
+    def _timed_out(
+        self,
+        plan: _Plan,
+        exc: BaseException,
+        k: int | None,
+        offset: int,
+        started: float,
+        deadline_at: float | None,
+    ) -> SearchResult:
+        self._scoring_failed()
+        reason = self._deadline_reason(started, deadline_at)
+        return self._degrade(plan, "failed", reason, exc, k, offset, started)
+
+    def _failed(
+        self, plan: _Plan, exc: BaseException, k: int | None, offset: int, started: float
+    ) -> SearchResult:
+        self._scoring_failed()
+        return self._degrade(plan, "failed", _failure_reason(exc), exc, k, offset, started)
+
+    def _scored(
+        self, plan: _Plan, scored: _Scored, k: int | None, offset: int, started: float
+    ) -> SearchResult:
         if self.breaker is not None:
             self.breaker.record_success()
         return self._finish(plan, scored, "ok", None, k, offset, started)
