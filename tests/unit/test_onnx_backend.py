@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import builtins
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.support.imports import hide_package
 
 from secondpass.errors import ConfigurationError, MissingDependencyError
 from secondpass.pipeline.scorer import CrossEncoderScorer
@@ -112,14 +112,7 @@ def test_different_weights_get_a_different_export(tmp_path) -> None:
 
 
 def test_missing_onnxruntime_is_a_clear_error(tiny_cross_encoder_dir, tmp_path, monkeypatch) -> None:
-    real_import = builtins.__import__
-
-    def no_onnxruntime(name, *args, **kwargs):
-        if name == "onnxruntime" or name.startswith("onnxruntime."):
-            raise ImportError("No module named 'onnxruntime'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    hide_package(monkeypatch, "onnxruntime")
     scorer = CrossEncoderScorer(model=str(tiny_cross_encoder_dir), device="cpu", backend="onnx", cache_folder=str(tmp_path))
     with pytest.raises(MissingDependencyError, match=r"onnxruntime.*secondpass\[fast\]"):
         scorer.warm_up()

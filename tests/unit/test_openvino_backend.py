@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import builtins
 import math
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.support.imports import hide_package
 
 from secondpass.errors import ConfigurationError, MissingDependencyError, ModelLoadError
 from secondpass.pipeline.scorer import CrossEncoderScorer
@@ -126,14 +126,7 @@ def test_a_model_that_disagrees_with_torch_is_refused(
 
 
 def test_missing_openvino_is_a_clear_error(tiny_cross_encoder_dir, tmp_path, monkeypatch) -> None:
-    real_import = builtins.__import__
-
-    def no_openvino(name, *args, **kwargs):
-        if name == "openvino" or name.startswith("openvino."):
-            raise ImportError("No module named 'openvino'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    hide_package(monkeypatch, "openvino")
     scorer = _scorer(tiny_cross_encoder_dir, tmp_path)
     with pytest.raises(MissingDependencyError, match=r"openvino.*secondpass\[fast\]"):
         scorer.warm_up()

@@ -212,9 +212,8 @@ def _quantize_int8(source: Path, target: Path) -> None:
             str(target),
             weight_type=QuantType.QInt8,
             per_channel=True,  # per-tensor weights cost ~0.05 Spearman on MiniLM-sized rerankers
-            extra_options={
-                "DefaultTensorType": onnx.TensorProto.FLOAT
-            },  # fused ops have no inferred types
+            # fused ops have no inferred types
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     finally:
         root.removeFilter(_drop_root_records)
@@ -304,7 +303,7 @@ def _build_in(
     if (directory / _FP32_FILE).is_file():
         shutil.copy2(directory / _FP32_FILE, fused)
     elif not _fuse(trace(), fused, getattr(network, "config", None)):
-        shutil.copy2(trace(), fused)
+        shutil.copy2(traced, fused)  # a family the fuser does not know runs unfused
     if wanted == _INT8_FILE:
         _quantize_int8(fused, staging / _INT8_FILE)
 

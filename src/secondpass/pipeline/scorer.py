@@ -53,6 +53,17 @@ _DTYPES = ("auto", "float32", "bfloat16", "float16")
 # OpenVINO compiles kernels per input shape and runs AMX/AVX-512 tiles of 16 best:
 # widths rounded to 16 cost ~4% more padding and save ~20% of its time.
 _PAD_MULTIPLE = {"openvino": 16}
+# What each backend can run: checked before loading, named in the error.
+_BACKEND_DTYPES = {
+    "torch": _DTYPES,
+    "onnx": ("auto", "float32"),
+    "openvino": ("auto", "float32", "bfloat16"),
+}
+_BACKEND_RUNS = {
+    "torch": "float32, bfloat16 or float16",
+    "onnx": "float32 (int8 with quantize='int8')",
+    "openvino": "float32 or bfloat16",
+}
 
 
 def _sigmoid(value: float) -> float:
@@ -120,9 +131,8 @@ class _Loaded:
     device: Any
     dtype: Any
     max_length: int
-    runtime: Any = (
-        None  # backend="onnx"/"openvino": the LogitsModel that runs the forward pass instead
-    )
+    # backend="onnx"/"openvino": the LogitsModel that runs the forward pass instead
+    runtime: Any = None
 
 
 class _LazyTruncator:
@@ -339,9 +349,8 @@ class CrossEncoderScorer:
             query_ids = dict(zip(queries, tokenizer.encode(queries), strict=True))
             passage_ids = tokenizer.encode([pairs[index][1] for index in live])
             units: list[EncodedPair] = []
-            owners: list[
-                tuple[int, int, int, bool, int]
-            ] = []  # (index, first unit, count, truncated, tokens_in)
+            # (index, first unit, count, truncated, tokens_in)
+            owners: list[tuple[int, int, int, bool, int]] = []
             unit_tokens: list[int] = []
             settings = self.settings
             for index, ids in zip(live, passage_ids, strict=True):
@@ -413,9 +422,8 @@ class CrossEncoderScorer:
             return (
                 (oom_type is not None and isinstance(exc, oom_type))
                 or (isinstance(exc, RuntimeError) and "out of memory" in text)
-                or (
-                    loaded.runtime is not None and "failed to allocate" in text
-                )  # ONNX Runtime's wording
+                # ONNX Runtime's wording
+                or (loaded.runtime is not None and "failed to allocate" in text)
             )
 
         runner: BatchRunner[dict[str, Any]] = BatchRunner(
@@ -464,32 +472,22 @@ class CrossEncoderScorer:
         return "cpu"
 
     def _check_backend(self) -> None:
-        """ONNX and OpenVINO run on the CPU; int8 is an ONNX option, bf16 an OpenVINO one.
+        """Refuse a dtype, quantization or device the chosen backend cannot run.
 
-        Checked in the constructor, before anything loads.
+        Checked in the constructor, before anything loads. ONNX Runtime and
+        OpenVINO run on the CPU; int8 is an ONNX Runtime option.
         """
         settings = self.settings
-        if settings.backend != "onnx" and settings.quantize is not None:
-            msg = f"quantize='int8' needs backend='onnx' ({settings.backend} runs " + (
-                "fp32, bfloat16 or float16 via dtype)"
-                if settings.backend == "torch"
-                else "float32 or bfloat16 via dtype)"
-            )
+        backend = settings.backend
+        runs = f"backend={backend!r} runs {_BACKEND_RUNS[backend]}"
+        if settings.quantize is not None and backend != "onnx":
+            msg = f"quantize='int8' needs backend='onnx' ({runs} via dtype)"
             raise ConfigurationError(msg)
-        if settings.backend == "torch":
-            return
-        if settings.backend == "openvino":
-            if settings.dtype not in ("auto", "float32", "bfloat16"):
-                msg = f"backend='openvino' runs float32 or bfloat16; dtype={settings.dtype!r} needs backend='torch'"
-                raise ConfigurationError(msg)
-        elif settings.dtype not in ("auto", "float32"):
-            msg = (
-                f"backend='onnx' runs float32 (or int8 with quantize='int8'); dtype={settings.dtype!r} "
-                "is a torch option, use backend='torch' for it"
-            )
+        if settings.dtype not in _BACKEND_DTYPES[backend]:
+            msg = f"{runs}; dtype={settings.dtype!r} needs backend='torch'"
             raise ConfigurationError(msg)
-        if settings.device.strip().lower() not in ("auto", "cpu"):
-            msg = f"backend={settings.backend!r} runs on the CPU; device={settings.device!r} needs backend='torch'"
+        if backend != "torch" and settings.device.strip().lower() not in ("auto", "cpu"):
+            msg = f"backend={backend!r} runs on the CPU; device={settings.device!r} needs backend='torch'"
             raise ConfigurationError(msg)
 
     def _resolve_dtype_name(self) -> str:
