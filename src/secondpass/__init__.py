@@ -19,13 +19,16 @@ from __future__ import annotations
 
 from secondpass.errors import (
     BackendUnavailableError,
+    CircuitOpenError,
     ConfigurationError,
     ConnectorError,
+    InvalidIndexNameError,
     MissingDependencyError,
     ModelLoadError,
     QueryError,
     RerankError,
     SecondPassError,
+    ServerStartError,
 )
 from secondpass.pipeline.breaker import CircuitBreaker
 from secondpass.pipeline.cache import LRUScoreCache, NullScoreCache, RedisScoreCache, build_cache
@@ -50,12 +53,14 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendUnavailableError",
     "CircuitBreaker",
+    "CircuitOpenError",
     "ConfigurationError",
     "ConnectorError",
     "CrossEncoderScorer",
     "DenseEncoder",
     "Hit",
     "HybridStage",
+    "InvalidIndexNameError",
     "KnnQuery",
     "LRUScoreCache",
     "LexicalStage",
@@ -75,6 +80,7 @@ __all__ = [
     "SearchRequest",
     "SearchResult",
     "SecondPassError",
+    "ServerStartError",
     "__version__",
     "build_cache",
     "linear_fusion",

@@ -69,9 +69,5 @@ class ModelLoadError(RerankError):
     """The model could not be loaded, or loading it would need an unsafe opt-in."""
 
 
-class CacheError(SecondPassError):
-    """The score cache failed. Never raised out of the pipeline: a cache fault is a miss."""
-
-
 class ServerStartError(SecondPassError):
     """A local engine or Redis process did not start; carries the tail of its log."""

@@ -15,3 +15,18 @@ def test_public_names_import_without_heavy_dependencies() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_error_a_user_can_catch_is_exported() -> None:
+    # A library user catches our errors by importing them from the package root.
+    import inspect
+
+    import secondpass
+    from secondpass import errors
+
+    raised = {
+        name
+        for name, value in vars(errors).items()
+        if inspect.isclass(value) and issubclass(value, errors.SecondPassError)
+    }
+    assert raised <= set(secondpass.__all__), sorted(raised - set(secondpass.__all__))
