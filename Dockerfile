@@ -30,6 +30,12 @@ RUN useradd --create-home --uid 10001 secondpass && mkdir -p /models && chown se
 USER secondpass
 
 EXPOSE 8080
+# Closed by default: the service listens on all interfaces here, so it refuses to start
+# without client API keys. Pass them at run time, never in the image:
+#   docker run -e SECONDPASS_SERVICE_API_KEYS="$KEY" ...              (comma-separated)
+#   docker run -v ./keys:/run/secrets/keys:ro -e SECONDPASS_SERVICE_API_KEY_FILE=/run/secrets/keys ...
+# Clients send `Authorization: Bearer KEY` (or `X-API-Key: KEY`); /livez and /readyz stay open
+# for probes. SECONDPASS_SERVICE_ALLOW_UNAUTHENTICATED=true runs it open, on purpose only.
 # SIGTERM drains: /readyz turns 503, in-flight requests finish, then the process exits.
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s \

@@ -14,6 +14,11 @@ import sys
 from collections.abc import Sequence
 
 from secondpass.errors import SecondPassError
+from secondpass.redaction import (
+    install_log_redaction,
+    register_environment_secrets,
+    register_secrets_from,
+)
 
 # module name under secondpass.commands -> each exposes register(subparsers)
 COMMANDS = ("demo", "index", "eval", "serve", "proxy")
@@ -45,6 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Before any command logs: secrets from the environment and the command line
+    # (a URL's password); serve and proxy add those of their loaded settings.
+    register_environment_secrets()
+    register_secrets_from(args)
+    install_log_redaction(quiet_http_clients=not args.verbose)
     try:
         return int(args.handler(args) or 0)
     except SecondPassError as exc:

@@ -49,6 +49,21 @@ class InvalidIndexNameError(QueryError, ConfigurationError):
     """An index name is a pattern or contains characters that could widen the request."""
 
 
+class RefusedQueryError(QueryError, ConfigurationError):
+    """A caller's filter or body leaves the allow-list; ``field`` is the JSON path.
+
+    A ``QueryError`` with status 400 (the HTTP service answers 400, like a query
+    the engine rejects) and a ``ConfigurationError`` (a ``ValueError``) for
+    library callers, as ``InvalidIndexNameError`` is.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        self.path = path
+        self.field = path
+        text = f"{path}: {message}"
+        super().__init__(text, status=400, reason=text)
+
+
 class RerankError(SecondPassError):
     """Scoring failed (model could not load, forward pass failed, ...)."""
 

@@ -123,8 +123,6 @@ def test_the_image_contents_install_and_serve(tiny_cross_encoder_dir: Path, tmp_
     entrypoint = _exec_form("ENTRYPOINT")
     assert entrypoint[:2] == ["secondpass", "serve"]
     command = [str(venv / "bin" / entrypoint[0]), *entrypoint[1:]]
-    command[command.index("--host") + 1] = "127.0.0.1"
-    command[command.index("--port") + 1] = str(port)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SECONDPASS_", "PYTHON"))}
     env.update(
         PATH=f"{venv / 'bin'}:{env.get('PATH', '')}",
@@ -133,6 +131,16 @@ def test_the_image_contents_install_and_serve(tiny_cross_encoder_dir: Path, tmp_
         SECONDPASS_SERVICE_RERANK__MODEL=str(tiny_cross_encoder_dir),
         SECONDPASS_SERVICE_RERANK__DEVICE="cpu",
     )
+    # The image as shipped (all interfaces, no key) refuses to start: it never binds.
+    refused = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "without authentication" in refused.stderr and "API_KEYS" in refused.stderr
+    key = "dockerfile-test-key-0123456789"
+    env["SECONDPASS_SERVICE_API_KEYS"] = key
+    command[command.index("--host") + 1] = "127.0.0.1"
+    command[command.index("--port") + 1] = str(port)
     log = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -161,12 +169,17 @@ def test_the_image_contents_install_and_serve(tiny_cross_encoder_dir: Path, tmp_
         health[-1] = health[-1].replace("8080", str(port))
         assert subprocess.run(health, env=env, cwd=tmp_path, timeout=30).returncode == 0
 
+        request = {"query": "cat food", "documents": ["cats eat fish", "", "the tower"]}
+        anonymous = httpx.post(f"http://127.0.0.1:{port}/v1/rerank", json=request, timeout=30)
+        assert anonymous.status_code == 401, anonymous.text
         response = httpx.post(
             f"http://127.0.0.1:{port}/v1/rerank",
-            json={"query": "cat food", "documents": ["cats eat fish", "", "the tower"]},
+            json=request,
+            headers={"Authorization": f"Bearer {key}"},
             timeout=30,
         )
         assert response.status_code == 200, response.text
+        assert key not in (tmp_path / "serve.log").read_text()
         assert sorted(r["index"] for r in response.json()["results"]) == [0, 1, 2]
 
         stop = next(rest for name, rest in _instructions() if name == "STOPSIGNAL")

@@ -511,17 +511,22 @@ def test_docs_example_runs(
     assert ns["answer"].headers["x-secondpass-rerank"] == "ok"  # type: ignore[attr-defined]
 
 
-def test_client_credentials_pass_through_and_configured_ones_fill_in(
+def test_client_credentials_pass_through_and_lent_ones_replace_them(
     elasticsearch_secure: Any, tiny_scorer: Any
 ) -> None:
     secure = elasticsearch_secure
     auth = (secure.username, secure.password)
     bare = RerankProxy(ProxySettings(upstream=secure.url), scorer=tiny_scorer)
-    filled = RerankProxy(
-        ProxySettings(upstream=secure.url, username=secure.username, password=secure.password),
+    lent = RerankProxy(
+        ProxySettings(
+            upstream=secure.url,
+            username=secure.username,
+            password=secure.password,
+            lend_credentials=True,
+        ),
         scorer=tiny_scorer,
     )
-    with BackgroundProxy(bare) as bare_url, BackgroundProxy(filled) as filled_url:
+    with BackgroundProxy(bare) as bare_url, BackgroundProxy(lent) as lent_url:
         with httpx.Client(timeout=30) as http:
             direct = http.get(f"{secure.url}/_cluster/health")
             anonymous = http.get(f"{bare_url}/_cluster/health")
@@ -529,8 +534,11 @@ def test_client_credentials_pass_through_and_configured_ones_fill_in(
             assert anonymous.content == direct.content
             assert anonymous.headers.get("www-authenticate") == direct.headers.get("www-authenticate")
             assert http.get(f"{bare_url}/_cluster/health", auth=auth).status_code == 200
-            assert http.get(f"{filled_url}/_cluster/health").status_code == 200
-            wrong = http.get(f"{filled_url}/_cluster/health", auth=(secure.username, "wrong"))
-            assert wrong.status_code == 401  # the client's own header wins, even a wrong one
-    for proxy in (bare, filled):
+            # Lent credentials act only on the allow-listed read paths...
+            assert http.get(f"{lent_url}/_cluster/health").status_code == 403
+            assert http.get(f"{lent_url}/_count").status_code == 200
+            # ...and replace whatever the client sent.
+            wrong = http.get(f"{lent_url}/_count", auth=(secure.username, "wrong"))
+            assert wrong.status_code == 200
+    for proxy in (bare, lent):
         proxy.retriever.close()

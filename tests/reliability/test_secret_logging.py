@@ -12,11 +12,12 @@ all three secrets configured and its whole output is searched.
 from __future__ import annotations
 
 import asyncio
-import base64
+import json
 import logging
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,26 +39,24 @@ from secondpass.types import PassageScore, SearchRequest
 from tests.fixtures.servers import SECURE_PASSWORD
 from tests.fixtures.service import ServiceProcess, free_port, wait_until_ready
 from tests.reliability._common import corpus
+from tests.support.secrets import (
+    API_KEY,
+    CLIENT_KEY,
+    REDIS_PASSWORD,
+    TEST_SECRETS,
+    WRONG_PASSWORD,
+    find_leaks,
+    secret_forms,
+)
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
-API_KEY = "c3AtYXBpLWtleS1pZDpzcC1hcGkta2V5LXNlY3JldA=="  # base64("sp-api-key-id:sp-api-key-secret")
-REDIS_PASSWORD = "sp-redis-Secret-77"
-WRONG_PASSWORD = "sp-wrong-Passw0rd-99"
-
-
-def _forms(secret: str, user: str = "elastic") -> list[str]:
-    """The secret and the encodings it could leak in (basic-auth header, URL quoting)."""
-    basic = base64.b64encode(f"{user}:{secret}".encode()).decode()
-    return [secret, basic, secret.replace("-", "%2D")]
-
-
-SECRETS = [*_forms(SECURE_PASSWORD), *_forms(WRONG_PASSWORD), API_KEY, "sp-api-key-secret", REDIS_PASSWORD]
+SECRETS = [SECURE_PASSWORD, *TEST_SECRETS]
 
 
 def _assert_no_secret(text: str, where: str) -> None:
-    for secret in SECRETS:
-        assert secret not in text, f"a secret ({secret[:4]}...) appears in {where}"
+    leaks = find_leaks(text, SECRETS)
+    assert leaks == [], f"a secret appears in {where}: {leaks}"
 
 
 @pytest.fixture
@@ -174,42 +173,60 @@ def test_redis_password_never_logged(
     _assert_no_secret(out + err, "stdout/stderr")
 
 
-def test_service_process_at_debug_never_logs_secrets(
-    tiny_cross_encoder_dir: Path, tmp_path: Path, elasticsearch_secure: Any, secured_redis: LocalRedis, figures: Any
-) -> None:
-    url = elasticsearch_secure.url
-    auth = (elasticsearch_secure.username, elasticsearch_secure.password)
+def _index_corpus(engine: Any) -> str:
     index = f"sp-rel-secret-{uuid.uuid4().hex[:8]}"
-    docs = corpus(10)
-    with httpx.Client(base_url=url, auth=auth, timeout=60) as client:
-        for doc in docs:
+    with httpx.Client(base_url=engine.url, auth=(engine.username, engine.password), timeout=60) as client:
+        for doc in corpus(10):
             client.put(f"/{index}/_doc/{doc['_id']}", json={k: v for k, v in doc.items() if k != "_id"}).raise_for_status()
         client.post(f"/{index}/_refresh").raise_for_status()
+    return index
+
+
+def _drop_index(engine: Any, index: str) -> None:
+    with httpx.Client(base_url=engine.url, auth=(engine.username, engine.password), timeout=30) as client:
+        client.delete(f"/{index}")
+
+
+def _spawn(cmd: list[str], env: dict[str, str], log_path: Path, port: int) -> ServiceProcess:
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("SECONDPASS_")}
+    child_env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **env)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env, cwd=Path(__file__).resolve().parents[2])
+    return ServiceProcess(url=f"http://127.0.0.1:{port}", port=port, process=process, log_path=log_path, args=cmd)
+
+
+def _record_scan(figures: Any, scenario: str, text: str) -> None:
+    forms = {f for s in SECRETS for f in secret_forms(s)}
+    figures.add(scenario, "log lines scanned", len(text.splitlines()), "lines")
+    figures.add(scenario, "secret forms checked (plain, URL-encoded, base64, JSON)", len(forms), "forms")
+    figures.add(scenario, "secret occurrences found", 0, "")
+
+
+@pytest.mark.parametrize("credentials", ["environment", "engine URL"])
+def test_service_process_at_debug_never_logs_secrets(
+    credentials: str, tiny_cross_encoder_dir: Path, tmp_path: Path, elasticsearch_secure: Any, secured_redis: LocalRedis, figures: Any
+) -> None:
+    url = elasticsearch_secure.url
+    index = _index_corpus(elasticsearch_secure)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SECONDPASS_")}
-    env.update(
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        SECONDPASS_SERVICE_SEARCH_INDEX=index,
-        SECONDPASS_SERVICE_SEARCH_FIELDS='["title", "body"]',
-        SECONDPASS_ENGINE_ENGINE="elasticsearch",
-        SECONDPASS_ENGINE_HOSTS=url,
-        SECONDPASS_ENGINE_USERNAME="elastic",
-        SECONDPASS_ENGINE_PASSWORD=SECURE_PASSWORD,
-        SECONDPASS_CACHE_BACKEND="redis",
-        SECONDPASS_CACHE_REDIS_URL=secured_redis.url,
-        SECONDPASS_CACHE_REDIS_PASSWORD=REDIS_PASSWORD,
-    )
-    log_path = tmp_path / "service-debug.log"
+    env = {
+        "SECONDPASS_SERVICE_SEARCH_INDEX": index,
+        "SECONDPASS_SERVICE_SEARCH_FIELDS": '["title", "body"]',
+        "SECONDPASS_ENGINE_ENGINE": "elasticsearch",
+        "SECONDPASS_CACHE_BACKEND": "redis",
+        "SECONDPASS_CACHE_REDIS_URL": secured_redis.url,
+        "SECONDPASS_CACHE_REDIS_PASSWORD": REDIS_PASSWORD,
+    }
+    if credentials == "environment":
+        env.update(SECONDPASS_ENGINE_HOSTS=url, SECONDPASS_ENGINE_USERNAME="elastic", SECONDPASS_ENGINE_PASSWORD=SECURE_PASSWORD)
+    else:
+        env["SECONDPASS_ENGINE_HOSTS"] = url.replace("://", f"://elastic:{SECURE_PASSWORD}@")
     cmd = [
         sys.executable, "-m", "secondpass", "-v", "serve", "--host", "127.0.0.1", "--port", str(port),
         "--rerank-model", str(tiny_cross_encoder_dir), "--rerank-device", "cpu", "--rerank-dtype", "float32",
         "--log-level", "debug", "--access-log",
     ]  # fmt: skip
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[2])
-    service = ServiceProcess(url=f"http://127.0.0.1:{port}", port=port, process=process, log_path=log_path, args=cmd)
+    service = _spawn(cmd, env, tmp_path / "service-debug.log", port)
     try:
         wait_until_ready(service, 180)
         ok = httpx.post(f"{service.url}/v1/search", json={"query": "cat", "k": 3}, timeout=60)
@@ -224,10 +241,79 @@ def test_service_process_at_debug_never_logs_secrets(
         assert bad.status_code == 400
     finally:
         service.stop()
-        with httpx.Client(base_url=url, auth=auth, timeout=30) as client:
-            client.delete(f"/{index}")
+        _drop_index(elasticsearch_secure, index)
     text = service.log()
     assert " DEBUG " in text, "the service did not log at DEBUG"
     _assert_no_secret(text, "the service's output")
-    figures.add("secrets in logs (DEBUG, all loggers)", "log lines searched from the service process", len(text.splitlines()), "lines")
-    figures.add("secrets in logs (DEBUG, all loggers)", "secret occurrences found", 0, "")
+    _record_scan(figures, f"secrets in logs: service, credentials in {credentials}", text)
+
+
+def _wait_for_proxy(proxy: ServiceProcess, index: str, timeout_s: float) -> None:
+    """Until a search through the proxy answers 200 (the model is loaded, the upstream reached)."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if not proxy.alive():
+            raise AssertionError(f"proxy exited with {proxy.process.returncode}:\n{_redacted_tail(proxy.log())}")
+        try:
+            answer = httpx.get(f"{proxy.url}/{index}/_search", headers={"X-API-Key": CLIENT_KEY}, timeout=5)
+            if answer.status_code == 200:
+                return
+            last = str(answer.status_code)
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(0.2)  # poll interval, not a clock: the deadline above bounds the wait
+    proxy.stop()
+    raise AssertionError(f"proxy not ready after {timeout_s}s ({last}):\n{_redacted_tail(proxy.log())}")
+
+
+def _redacted_tail(text: str) -> str:
+    """A log tail for a failure message, with the known forms masked (it is printed by pytest)."""
+    tail = text[-4000:]
+    for form in sorted({f for s in SECRETS for f in secret_forms(s)}, key=len, reverse=True):
+        tail = tail.replace(form, "<SECRET>")
+    return tail
+
+
+@pytest.mark.parametrize("verbosity", ["default level", "DEBUG with access log"])
+def test_proxy_process_with_password_in_upstream_never_logs_it(
+    verbosity: str, tiny_cross_encoder_dir: Path, tmp_path: Path, elasticsearch_secure: Any, figures: Any
+) -> None:
+    """The attack that was found: ``--upstream http://elastic:PW@host`` logged by httpx on every request."""
+    index = _index_corpus(elasticsearch_secure)
+    port = free_port()
+    upstream = elasticsearch_secure.url.replace("://", f"://elastic:{SECURE_PASSWORD}@")
+    debug = verbosity.startswith("DEBUG")
+    cmd = [
+        sys.executable, "-m", "secondpass", *(["-v"] if debug else []), "proxy",
+        "--upstream", upstream, "--listen", f"127.0.0.1:{port}", "--lend-credentials",
+        "--index", f"{index}=title,body",
+        "--rerank-model", str(tiny_cross_encoder_dir), "--rerank-device", "cpu", "--rerank-dtype", "float32",
+        *(["--log-level", "debug", "--access-log"] if debug else []),
+    ]  # fmt: skip
+    env = {"SECONDPASS_PROXY_CLIENT_API_KEYS": json.dumps([CLIENT_KEY])}
+    proxy = _spawn(cmd, env, tmp_path / "proxy.log", port)
+    key = {"X-API-Key": CLIENT_KEY}
+    try:
+        _wait_for_proxy(proxy, index, 180)
+        with httpx.Client(base_url=proxy.url, timeout=60) as client:
+            found = client.post(f"/{index}/_search", json={"query": {"match": {"body": "cat"}}, "size": 3}, headers=key)
+            assert found.status_code == 200, found.text
+            assert found.json()["hits"]["hits"], "the search found nothing: the test would prove little"
+            bearer = client.post(f"/{index}/_search?size=2", json={"query": {"match": {"title": "dog"}}}, headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+            assert bearer.status_code == 200, bearer.text
+            # failures: the upstream says no, the client is unknown, the request is not lendable, bad input
+            assert client.post("/sp-rel-secret-missing/_search", json={"query": {"match_all": {}}}, headers=key).status_code == 404
+            assert client.get(f"/{index}/_search", headers={"X-API-Key": WRONG_PASSWORD}).status_code in (401, 403)
+            assert client.get(f"/{index}/_search").status_code in (401, 403)
+            assert client.delete(f"/{index}", headers=key).status_code in (401, 403, 405)
+            malformed = client.post(f"/{index}/_search", content=b"{not json", headers={**key, "Content-Type": "application/json"})
+            assert 400 <= malformed.status_code < 500, malformed.text
+    finally:
+        proxy.stop()
+        _drop_index(elasticsearch_secure, index)
+    text = proxy.log()
+    if debug:
+        assert " DEBUG " in text and "HTTP Request" in text, "httpx did not log: the check would be empty"
+    _assert_no_secret(text, "the proxy's output")
+    _record_scan(figures, f"secrets in logs: proxy, {verbosity}", text)

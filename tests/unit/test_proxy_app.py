@@ -324,13 +324,18 @@ async def test_compressed_search_bodies_are_read() -> None:
     assert "content-encoding" not in upstream.requests[0].headers
 
 
-async def test_configured_credentials_only_fill_in_for_clients_without_their_own() -> None:
-    upstream = Upstream()
-    async with make_client(upstream, username="proxy", password="secret") as client:
+async def test_lent_credentials_replace_the_clients_own_and_are_never_added_by_default() -> None:
+    lent = Upstream()
+    async with make_client(lent, username="proxy", password="secret", lend_credentials=True) as c:
+        await c.get("/docs/_count")
+        await c.get("/docs/_count", headers={"Authorization": "ApiKey client"})
+    assert [r.headers["authorization"] for r in lent.requests] == ["Basic cHJveHk6c2VjcmV0"] * 2
+    bare = Upstream()
+    async with make_client(bare) as client:
         await client.get("/_cluster/health")
         await client.get("/_cluster/health", headers={"Authorization": "ApiKey client"})
-    assert upstream.requests[0].headers["authorization"] == "Basic cHJveHk6c2VjcmV0"
-    assert upstream.requests[1].headers["authorization"] == "ApiKey client"
+    assert "authorization" not in bare.requests[0].headers
+    assert bare.requests[1].headers["authorization"] == "ApiKey client"
 
 
 def test_cli_flags_become_settings(monkeypatch: pytest.MonkeyPatch) -> None:

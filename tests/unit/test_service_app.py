@@ -349,7 +349,8 @@ class FakeRetriever:
 
 async def test_search_passes_options_and_reports_degraded_answers() -> None:
     retriever = FakeRetriever()
-    app = create_app(ServiceSettings(search_index="docs"), scorer=FakeScorer(), retriever=retriever)
+    settings = ServiceSettings(search_index="docs", search_filter_fields=["lang"])
+    app = create_app(settings, scorer=FakeScorer(), retriever=retriever)
     async with running(app) as client:
         r = await client.post(
             "/v1/search",

@@ -17,8 +17,9 @@ def test_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
         build_parser().parse_args(["serve", "--help"])
     out = capsys.readouterr().out
     for name in ServiceSettings.model_fields:
-        if name not in ("rerank", "cache", "engine"):
+        if name not in ("rerank", "cache", "engine", "api_keys"):
             assert "--" + name.replace("_", "-") in out
+    assert "--api-keys" not in out  # client keys too: env or config file only
     assert "--rerank-model" in out and "--cache-backend" in out and "--engine-hosts" in out
     assert "--engine-password" not in out  # secrets only via env or file
     assert "SECONDPASS_SERVICE_MAX_WAIT_MS" in out

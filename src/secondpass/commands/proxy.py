@@ -5,8 +5,11 @@ forwarded, and search answers come back reranked. Every setting of
 :class:`~secondpass.service.proxy_settings.ProxySettings` is a flag (generated from
 the settings class, as for ``serve``); the passage fields of each index are given
 with ``--index NAME=FIELD[,FIELD...]`` and, optionally, ``--index-template
-NAME=TEMPLATE``. Secrets have no flags: set ``SECONDPASS_PROXY_PASSWORD`` or
-``SECONDPASS_PROXY_API_KEY`` in the environment or the config file.
+NAME=TEMPLATE``. Secrets have no flags: set ``SECONDPASS_PROXY_PASSWORD``,
+``SECONDPASS_PROXY_API_KEY`` or ``SECONDPASS_PROXY_CLIENT_API_KEYS`` (a JSON list)
+in the environment or the config file, or use ``--client-api-key-file``.
+Configured upstream credentials are refused unless ``--lend-credentials`` is given;
+that check runs before the model loads.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from typing import Any
 from secondpass.commands._flags import add_settings_flags, flag_overrides
 
 _AREAS = {"rerank": "SECONDPASS_RERANK_", "cache": "SECONDPASS_CACHE_"}
-_SPECIAL = ("indices",)
+# indices: --index/--index-template; client_api_keys: secrets get no flag (a list
+# of SecretStr is not caught by the generator's SecretStr rule).
+_SPECIAL = ("indices", "client_api_keys")
 
 
 def register(subparsers: Any) -> None:
@@ -98,8 +103,11 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from secondpass.redaction import register_secrets_from
     from secondpass.service.proxy import run
     from secondpass.service.proxy_settings import ProxySettings
 
     settings = ProxySettings.load(args.config, **overrides_from_args(args))
+    register_secrets_from(settings)  # every secret of the settings is redacted from logs
+    settings.access_gate()  # refuse unsafe lending before the slow model load
     return run(settings)

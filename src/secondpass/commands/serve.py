@@ -33,7 +33,8 @@ def register(subparsers: Any) -> None:
             "variables > config file > each area's own variables > defaults."
         ),
         epilog=(
-            "Secrets have no flags: set SECONDPASS_ENGINE_PASSWORD, SECONDPASS_ENGINE_API_KEY, "
+            "Secrets have no flags: set SECONDPASS_SERVICE_API_KEYS (or --api-key-file), "
+            "SECONDPASS_ENGINE_PASSWORD, SECONDPASS_ENGINE_API_KEY, "
             "SECONDPASS_CACHE_REDIS_PASSWORD (or the SECONDPASS_SERVICE_<AREA>__<NAME> forms) "
             "or put them in the config file."
         ),
@@ -46,14 +47,21 @@ def register(subparsers: Any) -> None:
         help=f"settings file (.toml, .json or .yaml) [env {CONFIG_FILE_ENV}]",
     )
     add_settings_flags(
-        parser, ServiceSettings, group="service", env_prefix="SECONDPASS_SERVICE_", areas=_AREAS
+        parser,
+        ServiceSettings,
+        group="service",
+        env_prefix="SECONDPASS_SERVICE_",
+        areas=_AREAS,
+        skip=("api_keys",),  # secrets: environment or config file only
     )
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from secondpass.redaction import register_secrets_from
     from secondpass.service.server import serve
     from secondpass.service.settings import ServiceSettings
 
     settings = ServiceSettings.load(args.config, **flag_overrides(args))
+    register_secrets_from(settings)  # every secret of the settings is redacted from logs
     return serve(settings)

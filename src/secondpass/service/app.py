@@ -37,20 +37,28 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from secondpass.config import RerankSettings
-from secondpass.errors import BackendUnavailableError, QueryError, SecondPassError
+from secondpass.connectors.confine import Confinement
+from secondpass.errors import (
+    BackendUnavailableError,
+    QueryError,
+    RefusedQueryError,
+    SecondPassError,
+)
 from secondpass.pipeline.cache import LRUScoreCache, NullScoreCache, build_cache, cache_keys
 from secondpass.pipeline.protocols import ScoreCache, Scorer
+from secondpass.service.auth import ApiKeys, presented_key
 from secondpass.service.batcher import DynamicBatcher
 from secondpass.service.errors import (
-    BodyTooLargeError,
     InputTooLongError,
     InvalidRequestError,
     LimitExceededError,
     NotConfiguredError,
+    ServiceError,
     UnavailableError,
     error_body,
     status_for,
 )
+from secondpass.service.http_limits import BoundedInputMiddleware, HttpLimits, brief_traceback
 from secondpass.service.metrics import ServiceMetrics
 from secondpass.service.schemas import (
     CohereDocument,
@@ -69,7 +77,7 @@ from secondpass.service.schemas import (
 )
 from secondpass.service.schemas import clean_text as _clean
 from secondpass.service.settings import ServiceSettings
-from secondpass.types import EMPTY_PASSAGE_RAW_SCORE, PassageScore, SearchResult
+from secondpass.types import EMPTY_PASSAGE_RAW_SCORE, PassageScore, SearchRequest, SearchResult
 
 logger = logging.getLogger("secondpass.service")
 
@@ -124,7 +132,9 @@ class ServiceState:
         self.draining = False
         self._last_probe = 0.0
         self._engine_checked = 0.0
-        self._engine_ok = False
+        self._engine_status = "not checked yet"
+        self._engine_check: asyncio.Task[str] | None = None
+        self.api_keys = ApiKeys.from_sources(settings.api_keys, settings.api_key_file)
         self._load_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------
@@ -177,8 +187,11 @@ class ServiceState:
                 logger.info("model ready: %s", self.scorer.fingerprint)
         except Exception as exc:  # reported by /readyz and /livez; the process stays up
             self.load_failed = True
-            self.model_error = f"model failed to load: {type(exc).__name__}: {_first_line(exc)}"
-            logger.error("%s", self.model_error)
+            # The operator's log gets the whole text; clients (/livez, /readyz, 503
+            # bodies) a form without filesystem paths (docs/service.md#model-names).
+            logger.error("model failed to load: %s: %s", type(exc).__name__, _first_line(exc))
+            reason = self.public_text(_first_line(exc))
+            self.model_error = f"model failed to load: {type(exc).__name__}: {reason}"
 
     async def stop(self) -> None:
         """Finish queued work, then release the model thread, cache and engine clients."""
@@ -186,6 +199,8 @@ class ServiceState:
             self._load_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._load_task
+        if self._engine_check is not None:
+            self._engine_check.cancel()
         if self.batcher is not None:
             await self.batcher.close()
         if self._owns_retriever and self.connector is not None:
@@ -218,18 +233,23 @@ class ServiceState:
         self.model_ok = False
         self.model_error = f"last forward pass failed: {type(exc).__name__}"
 
-    async def probe(self) -> None:
+    async def probe(self, *, timeout_s: float | None = None) -> None:
         """Run one real pair through the batcher; its outcome updates ``model_ok``."""
         if self.batcher is None:
             return
         self._last_probe = time.monotonic()
+        timeout = self.settings.request_timeout_ms / 1000 if timeout_s is None else timeout_s
         with contextlib.suppress(SecondPassError):
-            await self.batcher.submit(
-                [_PROBE_PAIR], timeout_s=self.settings.request_timeout_ms / 1000
-            )
+            await self.batcher.submit([_PROBE_PAIR], timeout_s=timeout)
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
-        """Run the checks /readyz reports; cheap when everything is fine."""
+        """Run the checks /readyz reports: model, engine and index, lifecycle.
+
+        Each check is bounded by ``readiness_timeout_s`` (a paused engine or a
+        hung model answers 503 quickly instead of stalling the probe), and the
+        engine check is shared: concurrent probes wait for the one in flight and
+        its result is reused for ``engine_check_interval_s``.
+        """
         checks: dict[str, str] = {}
         if (
             not self.model_ok
@@ -237,35 +257,74 @@ class ServiceState:
             and not self.load_failed
             and time.monotonic() - self._last_probe >= self.settings.readiness_probe_interval_s
         ):
-            await self.probe()
+            await self.probe(timeout_s=self.settings.readiness_timeout_s)
         checks["model"] = "ok" if self.model_ok else (self.model_error or "not ready")
         if self.settings.search_enabled:
-            checks["engine"] = "ok" if await self._engine_reachable() else "unreachable"
+            checks["engine"] = await self._engine_status_now()
         if self.draining:
             checks["lifecycle"] = "draining"
         ready = all(v == "ok" for v in checks.values())
         self.metrics.ready.set(1 if ready else 0)
         return ready, checks
 
-    async def _engine_reachable(self) -> bool:
+    async def _engine_status_now(self) -> str:
+        """``ok`` or why not; at most one engine call per interval, however many probes."""
         if self.retriever is None:
-            return False
-        now = time.monotonic()
-        if now - self._engine_checked < self.settings.engine_check_interval_s:
-            return self._engine_ok
-        self._engine_checked = now
-        ping = getattr(self.connector or self.retriever, "ping", None)
+            return "search facade not built yet"
+        if self._engine_check is None:
+            if time.monotonic() - self._engine_checked < self.settings.engine_check_interval_s:
+                return self._engine_status
+            # A task of its own, so a probe whose client hangs up does not cancel
+            # the check the other probes are waiting for.
+            self._engine_check = asyncio.get_running_loop().create_task(
+                self._check_engine(), name="readiness-engine-check"
+            )
+            self._engine_check.add_done_callback(self._engine_checked_done)
+        return await asyncio.shield(self._engine_check)
+
+    def _engine_checked_done(self, task: asyncio.Task[str]) -> None:
+        self._engine_check = None
+        self._engine_checked = time.monotonic()
+        if not task.cancelled():
+            self._engine_status = task.result()
+
+    async def _check_engine(self) -> str:
+        """One bounded engine call: a 1-hit search on the configured index.
+
+        A search rather than a ping: an engine that answers but lost the index
+        (restarted without data) fails every /v1/search, so it is not ready.
+        """
+        timeout_s = self.settings.readiness_timeout_s
+        target = self.connector
         try:
-            if callable(ping):
-                answer = ping()
-                self._engine_ok = bool(await answer if inspect.isawaitable(answer) else answer)
-            else:
-                await self.retriever.asearch("readiness probe", k=1, deadline_ms=2000)
-                self._engine_ok = True
+            if target is not None and callable(getattr(target, "search", None)):
+                await asyncio.wait_for(
+                    target.search(SearchRequest(query="readiness probe", size=1)), timeout_s
+                )
+            else:  # an injected retriever: its own ping
+                ping = getattr(self.retriever, "ping", None)
+                answer = ping() if callable(ping) else True
+                if inspect.isawaitable(answer):
+                    answer = await asyncio.wait_for(answer, timeout_s)
+                if not answer:
+                    return "unreachable"
+        except TimeoutError:
+            logger.warning("readiness: the engine did not answer within %.1f s", timeout_s)
+            return f"no answer within {timeout_s:g} s"
+        except QueryError as exc:
+            if exc.status == 404:  # noqa: PLR2004 - index_not_found
+                logger.warning("readiness: index %s missing", self.settings.search_index)
+                return "index missing"
+            logger.warning("readiness: engine check failed: %s", _first_line(exc))
+            return f"engine error (HTTP {exc.status})"
         except Exception as exc:  # readiness reports, never raises
-            logger.info("engine check failed: %s", type(exc).__name__)
-            self._engine_ok = False
-        return self._engine_ok
+            logger.warning("readiness: engine check failed: %s", type(exc).__name__)
+            return "unreachable"
+        return "ok"
+
+    def public_text(self, text: str) -> str:
+        """``text`` as a client may read it: the model's path replaced, other paths removed."""
+        return redact_paths(text, self.settings.rerank.model, self.settings.public_model_name)
 
     # -- scoring -------------------------------------------------------------
 
@@ -410,11 +469,14 @@ def build_search(
     from secondpass.pipeline.breaker import CircuitBreaker
     from secondpass.pipeline.retriever import Retriever
 
+    # Only configured fields leave the engine: the library's default (the whole
+    # _source) would hand every stored field of a hit to any HTTP client.
     connector = connect(
         index=settings.search_index or "",
         fields=settings.search_fields,
         settings=settings.engine,
         asynchronous=True,
+        source_includes=search_source_includes(settings),
     )
     common: dict[str, Any] = {
         "scorer": scorer,
@@ -447,6 +509,25 @@ def build_search(
     return lexical, hybrid, connector
 
 
+def search_source_includes(settings: ServiceSettings) -> list[str]:
+    """``_source`` fields returned besides the search fields (the connector adds those)."""
+    if settings.search_source_fields is None:
+        return list(settings.search_filter_fields)
+    return list(settings.search_source_fields)
+
+
+def search_confinement(settings: ServiceSettings) -> Confinement:
+    """The allow-list a caller's ``filters`` and ``body`` must stay inside.
+
+    Callers may name the search fields, the filter fields and the vector field,
+    nothing else; a misconfigured name (a wildcard, ``_id``) fails at start.
+    """
+    return Confinement(
+        fields=[*settings.search_fields, *settings.search_filter_fields],
+        vector_field=settings.search_vector_field,
+    )
+
+
 _ENGINE_ERROR_TYPE = re.compile(r"^[a-z_]{3,80}$")
 
 
@@ -461,6 +542,8 @@ def _public_message(exc: BaseException, status: int) -> str:
     """
     if status == 500:
         return "internal error"
+    if isinstance(exc, RefusedQueryError):  # our own allow-list, not the engine, refused it
+        return _first_line(exc)
     if isinstance(exc, QueryError):
         if status < 500:
             reason = exc.reason if exc.reason is not None else _first_line(exc)
@@ -480,6 +563,37 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else "no details"
 
 
+# A path starts at a separator (or ``~``, ``.``, a drive letter) that does not
+# continue a word: "BAAI/bge-reranker" is an id, " /srv/models/x" a path.
+_PATH_TOKEN = re.compile(
+    r"""(?<![\w.-])(?:[A-Za-z]:[\\/]|\\\\|~[\w.-]*[\\/]|\.{1,2}[\\/]|/)[^\s'"`,;()<>\[\]]*"""
+)
+
+
+def redact_paths(text: str, model: str, name: str) -> str:
+    """``text`` without filesystem paths: the model's own (in every spelling) becomes ``name``.
+
+    Load errors quote the path they failed on (``/home/ci/models/x/config.json``,
+    a symlink's target, ``~/models``); clients must not learn the host's layout.
+    """
+    from pathlib import Path
+
+    spellings = {model, model.rstrip("/\\")}
+    with contextlib.suppress(OSError, RuntimeError):
+        spellings |= {str(Path(model).expanduser()), str(Path(model).expanduser().resolve())}
+    for spelling in sorted((s for s in spellings if len(s) > 1), key=len, reverse=True):
+        text = text.replace(spelling, name)
+    return _PATH_TOKEN.sub(_path_or_url, text)
+
+
+def _path_or_url(found: re.Match[str]) -> str:
+    """Web URLs (``https://huggingface.co/...``) name public things; they stay."""
+    start = found.start()
+    if found.string[max(0, start - 6) : start].lower().endswith(("http:", "https:")):
+        return found.group(0)
+    return "<path>"
+
+
 def _finite(x: float) -> float:
     """Scores must serialise as JSON numbers; a non-finite model output ranks last."""
     if math.isnan(x):
@@ -497,75 +611,30 @@ def _order(values: Sequence[float]) -> list[int]:
 # ------------------------------------------------------------------------ middleware
 
 
-class BodyLimitMiddleware:
-    """413 for bodies over the limit: by Content-Length before reading, else while streaming.
+class BodyLimitMiddleware(BoundedInputMiddleware):
+    """The service's :class:`~secondpass.service.http_limits.BoundedInputMiddleware`.
 
-    A chunked body (no Content-Length) is counted as it arrives; once over the
-    limit the app's own response (if any) is discarded and a 413 is sent instead.
+    Bytes, time, headers and JSON depth are bounded before FastAPI reads a body
+    (so a deep body never reaches the recursive parser); compressed bodies are
+    refused with 415 because no rerank client sends them and decoding them would
+    be a second way to grow a body. Refusals use the service's error shape and
+    count in ``secondpass_rejected_total`` by error type.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, metrics: ServiceMetrics) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = None
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                declared = value
-        if declared is not None:
-            try:
-                length = int(declared)
-            except ValueError:
-                await _send_json(send, 400, error_body("invalid Content-Length", "validation"))
-                return
-            if length > self.max_bytes:
-                await self._reject(send)
-                return
-        received = 0
-        exceeded = False
-        started = False
-
-        async def counting_receive() -> Message:
-            nonlocal received, exceeded
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    exceeded = True
-                    msg = "request body too large"
-                    raise BodyTooLargeError(msg)
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal started
-            if exceeded:
-                return
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, guarded_send)
-        except Exception:
-            if not exceeded:
-                raise
-        if exceeded and not started:
-            await self._reject(send)
-
-    async def _reject(self, send: Send) -> None:
-        self.metrics.rejected.labels("body_too_large").inc()
-        body = error_body(
-            f"request body larger than {self.max_bytes} bytes",
-            BodyTooLargeError.error_type,
-            field="body",
-            limit=self.max_bytes,
+    def __init__(self, app: ASGIApp, *, settings: ServiceSettings, metrics: ServiceMetrics) -> None:
+        super().__init__(
+            app,
+            limits=HttpLimits.from_settings(settings),
+            render=_render_refusal,
+            encodings=frozenset({"identity"}),
+            json_depth=True,
+            on_reject=lambda exc: metrics.rejected.labels(exc.error_type).inc(),
         )
-        await _send_json(send, 413, body)
+
+
+def _render_refusal(exc: ServiceError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    body = error_body(str(exc), exc.error_type, field=exc.field, limit=exc.limit)
+    return exc.status, [(b"content-type", b"application/json")], bytes(JSONResponse(body).body)
 
 
 class MetricsMiddleware:
@@ -599,10 +668,100 @@ class MetricsMiddleware:
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
 
-async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
-    response = JSONResponse(body, status_code=status, headers={"Connection": "close"})
-    await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
-    await send({"type": "http.response.body", "body": response.body})
+class ApiKeyMiddleware:
+    """401 unless the request presents a configured API key; optionally, a rate per key.
+
+    Installed outermost: the decision is made from the headers alone, before the
+    body is read, a route is matched or anything is computed, for every path and
+    method (unknown paths, ``/docs`` and ``/metrics`` included) except the
+    probes in ``open_paths``, which orchestrators call without credentials.
+    The key's *name* is put in ``scope["state"]["api_key"]`` for logs; the key
+    itself is never stored or logged.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        keys: ApiKeys,
+        metrics: ServiceMetrics,
+        rate_per_s: float | None = None,
+        open_paths: frozenset[str] = frozenset({"/livez", "/readyz"}),
+    ) -> None:
+        self.app = app
+        self.keys = keys
+        self.metrics = metrics
+        self.rate_per_s = rate_per_s
+        self.open_paths = open_paths
+        self._buckets: dict[str, _TokenBucket] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] not in ("http", "websocket")
+            or not self.keys
+            or scope.get("path") in self.open_paths
+        ):
+            await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers", ())
+        name = self.keys.identify(headers)
+        if name is None:
+            self.metrics.rejected.labels("unauthenticated").inc()
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            if presented_key(headers) is None:
+                message = (
+                    "API key required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"
+                )
+                challenge = 'Bearer realm="secondpass"'
+            else:
+                message = "invalid API key"
+                challenge = 'Bearer realm="secondpass", error="invalid_token"'
+            response = JSONResponse(
+                error_body(message, "unauthenticated"),
+                status_code=401,
+                headers={"WWW-Authenticate": challenge, "Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})["api_key"] = name
+        if self.rate_per_s is not None and scope["type"] == "http":
+            bucket = self._buckets.get(name)
+            if bucket is None:
+                bucket = self._buckets[name] = _TokenBucket(self.rate_per_s)
+            wait_s = bucket.take()
+            if wait_s > 0:
+                self.metrics.rejected.labels("rate_limited").inc()
+                message = f"rate limit of {self.rate_per_s:g} requests/s for this API key exceeded"
+                response = JSONResponse(
+                    error_body(message, "rate_limited", limit=self.rate_per_s),
+                    status_code=429,
+                    headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _TokenBucket:
+    """``rate`` tokens per second, at most ``max(1, rate)`` saved up (the burst)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self.tokens = self.capacity
+        self.updated = time.monotonic()
+
+    def take(self) -> float:
+        """Take one token: 0.0 when granted, else the seconds until one is available."""
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
 
 
 # --------------------------------------------------------------------------- the app
@@ -610,9 +769,11 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in (
-        (400, "the body is not valid JSON (or, for search, the engine rejected the query DSL)"),
-        (408, "the client's deadline passed before scoring"),
+        (400, "invalid JSON, nested deeper than max_json_depth, or a query DSL refused"),
+        (408, "the body did not arrive in time, or the client's deadline passed before scoring"),
         (413, "body or an input too large"),
+        (415, "a Content-Encoding other than identity"),
+        (431, "too many request headers or header bytes"),
         (422, "invalid field or limit exceeded (names the field and the limit)"),
         (429, "queue full; see Retry-After"),
         (503, "model not ready, draining, or queue timeout; see Retry-After"),
@@ -654,10 +815,14 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = state
-    app.add_middleware(
-        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=state.metrics
-    )
+    app.add_middleware(BodyLimitMiddleware, settings=settings, metrics=state.metrics)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(  # outermost: nothing runs for a request without a valid key
+        ApiKeyMiddleware,
+        keys=state.api_keys,
+        metrics=state.metrics,
+        rate_per_s=settings.api_key_rate_per_s,
+    )
     _install_error_handlers(app, state)
     limits = _Limits(settings)
 
@@ -750,6 +915,8 @@ def create_app(
             for i in _order(values)
         ]
 
+    confinement = search_confinement(settings) if settings.search_enabled else None
+
     @app.post(
         "/v1/search",
         response_model=SearchResponse,
@@ -774,6 +941,8 @@ def create_app(
         if body.offset + body.k > settings.max_top_n:
             msg = f"offset + k: at most {settings.max_top_n}"
             raise LimitExceededError(msg, field="offset", limit=settings.max_top_n)
+        assert confinement is not None
+        confinement.check(filters=body.filters, body=body.body)  # 400 before any engine call
         retriever = state.retriever
         if body.hybrid is True or (body.hybrid is None and state.hybrid_retriever is not None):
             if state.hybrid_retriever is None:
@@ -835,11 +1004,33 @@ def create_app(
                 routes=app.routes,
             )
             limits.annotate(schema)
+            if state.api_keys:
+                _declare_security(schema, rate_limited=settings.api_key_rate_per_s is not None)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _declare_security(schema: dict[str, Any], *, rate_limited: bool) -> None:
+    """Declare the API-key schemes (and their 401/429 answers) so clients and fuzzers know them."""
+    components = schema.setdefault("components", {})
+    components["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},
+        "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    }
+    schema["security"] = [{"bearer": []}, {"apiKeyHeader": []}]
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            if path in ("/livez", "/readyz"):
+                operation["security"] = []
+                continue
+            answers = operation.setdefault("responses", {})
+            answers["401"] = {"description": "no valid API key", "content": error}
+            if rate_limited:
+                answers["429"] = {"description": "rate limit of this API key", "content": error}
 
 
 class _Limits:
@@ -923,11 +1114,10 @@ def _compose(doc: str | dict[str, Any], i: int, rank_fields: list[str] | None) -
 
 
 def _meta(version: str, documents: int, hits: int, state: ServiceState) -> CohereMeta:
-    fingerprint = state.scorer.fingerprint if state.scorer is not None else ""
     return CohereMeta(
         api_version={"version": version},
         billed_units={"search_units": 1 if documents else 0},
-        model=fingerprint,
+        model=state.settings.public_model_name,
         cache_hits=hits,
     )
 
@@ -1008,7 +1198,9 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
         )
 
     async def on_bug(_: Request, exc: Exception) -> JSONResponse:
-        logger.error("unhandled %s while serving a request", type(exc).__name__, exc_info=exc)
+        # A short summary, not exc_info: a client must not be able to write a
+        # RecursionError's hundreds of kB of traceback into the log per request.
+        logger.error("unhandled error while serving a request: %s", brief_traceback(exc))
         return respond(exc)
 
     app.add_exception_handler(SecondPassError, on_project_error)

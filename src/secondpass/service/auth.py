@@ -31,6 +31,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from secondpass.errors import ConfigurationError
+from secondpass.redaction import register_secret
 
 __all__ = ["MIN_KEY_CHARS", "ApiKeys", "presented_key"]
 
@@ -107,6 +108,8 @@ class ApiKeys:
                     msg = f"{key_file} line {number}: the key name {name!r} is used twice"
                     raise ConfigurationError(msg)
                 named[name] = parts[-1]
+        for key in named.values():  # a key read from a file must never reach a log either
+            register_secret(key)
         return cls(named)
 
     def __bool__(self) -> bool:

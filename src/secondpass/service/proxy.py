@@ -17,6 +17,13 @@ result. Every search answer carries ``X-SecondPass-Rerank`` (``ok``, or
 runs out of time the client gets what the engine would have answered to its own
 request; an error the engine did not give never reaches the client.
 
+Authority: by default a client acts with its own credentials only; its headers
+go up unchanged and the proxy adds none. Credentials held by the proxy are lent
+only with ``lend_credentials``, and then only to requests that
+:mod:`secondpass.service.proxy_access` admits (client API key, allow-list of
+methods and canonical paths); the rest are answered 401/403 here and never
+reach the engine.
+
 Example:
     >>> settings = ProxySettings(upstream="http://127.0.0.1:9200",
     ...                          indices={"docs": {"fields": ["title", "body"]}})
@@ -35,7 +42,6 @@ import re
 import ssl
 import threading
 import time
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 from urllib.parse import unquote
@@ -45,7 +51,19 @@ import httpx
 from secondpass.errors import ServerStartError
 from secondpass.pipeline.protocols import ScoreCache, Scorer
 from secondpass.pipeline.retriever import Retriever, render_passage
+from secondpass.service import proxy_access as access
 from secondpass.service import proxy_rules as rules
+from secondpass.service.errors import ServiceError
+from secondpass.service.http_limits import (
+    BoundedInputMiddleware,
+    ClientGoneError,
+    HttpLimits,
+    MalformedRequestError,
+    UnsupportedEncodingError,
+    brief_traceback,
+    check_json_depth,
+    decompress,
+)
 from secondpass.service.proxy_settings import ProxySettings
 from secondpass.types import Hit, SearchResult
 
@@ -117,8 +135,26 @@ class _Outcome:
     rerank_ms: float = 0.0
 
 
-class _BodyTooLarge(Exception):
-    """The search body is larger than the proxy reads; it passes through instead."""
+class _BodyTooLarge(Exception):  # noqa: N818 - control flow, never seen outside this module
+    """The search body is larger than the proxy reads; it passes through instead.
+
+    ``head`` is what was already read of a body without a Content-Length; it goes
+    upstream first, followed by the rest as it arrives.
+    """
+
+    def __init__(self, head: bytes = b"") -> None:
+        super().__init__("search body larger than max_search_body_bytes")
+        self.head = head
+
+
+_PREBUFFER_BYTES = 256 * 1024
+"""A pass-through body up to this size is read before an upstream connection is taken.
+
+A client that trickles its body then holds no pooled connection while it does;
+only larger bodies stream, and those are bounded by ``body_total_timeout_s``.
+"""
+_BOUNDED = "secondpass.bounded"
+_GONE = "the client went away while sending its body"
 
 
 def build_retriever(
@@ -147,9 +183,10 @@ class RerankProxy:
     """ASGI application that forwards every request to ``settings.upstream``.
 
     Give it a ``retriever`` (or a ``scorer`` and optional ``cache`` to build one
-    with :func:`build_retriever`). Construction does no I/O: the HTTP client toward
-    the upstream is created on the first request (or at ASGI lifespan start), and
-    :meth:`aclose` (or lifespan shutdown) releases it.
+    with :func:`build_retriever`). Construction does no network I/O (it reads
+    ``client_api_key_file``, and refuses settings that would lend credentials
+    unsafely): the HTTP client toward the upstream is created on the first request
+    (or at ASGI lifespan start), and :meth:`aclose` (or lifespan shutdown) releases it.
     """
 
     def __init__(
@@ -172,7 +209,20 @@ class RerankProxy:
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._upstream = httpx.URL(settings.upstream)
+        # Refuses credentials without lend_credentials before anything is served.
+        self._gate = settings.access_gate()
         self._auth = _configured_auth(settings)
+        self.limits = HttpLimits.from_settings(settings)
+        self._bounded = BoundedInputMiddleware(
+            self, limits=self.limits, render=_render_refusal, cancel_on_disconnect=True
+        )
+        if self._gate is not None and self._gate.allow is not None and not self._gate.keys:
+            logger.warning(
+                "LENDING upstream credentials WITHOUT client authentication: every process "
+                "on this machine that can reach %s acts with them on allowed_requests; "
+                "set client_api_keys or client_api_key_file",
+                settings.listen,
+            )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -183,7 +233,11 @@ class RerankProxy:
             self._client = httpx.AsyncClient(
                 transport=self._transport,
                 verify=_tls_context(s) if self._upstream.scheme == "https" else True,
-                timeout=httpx.Timeout(s.read_timeout_s, connect=s.connect_timeout_s),
+                # pool: a full pool answers 503 after pool_timeout_s instead of queueing
+                # every client behind the slowest ones for as long as they like.
+                timeout=httpx.Timeout(
+                    s.read_timeout_s, connect=s.connect_timeout_s, pool=s.pool_timeout_s
+                ),
                 limits=httpx.Limits(
                     max_connections=s.max_connections, max_keepalive_connections=s.max_connections
                 ),
@@ -201,20 +255,44 @@ class RerankProxy:
     # ---------------------------------------------------------------------- ASGI
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Route one ASGI connection: searches are read, everything else streams through."""
+        """Route one ASGI connection: searches are read, everything else streams through.
+
+        A target without a path (``OPTIONS *``, authority-form) is answered 400
+        here; an absolute-form target keeps only its path. With client keys or
+        lent credentials the access gate decides first (401/403, never forwarded),
+        and an admitted request goes on with the canonical path it was checked as.
+        """
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
         if scope["type"] != "http":  # websockets: nothing of ours
             return
+        if not scope.get(_BOUNDED):  # first pass: run this request under the input limits
+            scope[_BOUNDED] = True
+            await self._bounded(scope, receive, send)
+            return
+        target = scope.get("raw_path") or scope["path"].encode("utf-8")
+        path = access.origin_form(target.split(b"?", 1)[0])
+        if path is None:
+            await _refuse(
+                send, access.Refusal(400, "the request target must be a path such as /_search")
+            )
+            return
         incoming = _Incoming(
             method=scope["method"],
-            raw_path=scope.get("raw_path") or scope["path"].encode("utf-8"),
+            raw_path=path,
             query=scope.get("query_string", b""),
             headers=list(scope["headers"]),
             receive=receive,
         )
-        path = incoming.raw_path.split(b"?", 1)[0]
+        if self._gate is not None:
+            verdict = self._gate.admit(incoming.method, path, incoming.query, incoming.headers)
+            if isinstance(verdict, access.Refusal):
+                logger.info("refused %s: %s", incoming.method[:16], verdict.reason)
+                await _refuse(send, verdict)
+                return
+            incoming.raw_path = path = verdict.path
+            incoming.headers = verdict.headers
         if incoming.method in _READ_METHODS:
             match = _SEARCH_PATH.match(path)
             if match:
@@ -245,21 +323,28 @@ class RerankProxy:
         send: Send,
         *,
         body: bytes | None = None,
+        head: bytes = b"",
         status: str | None = None,
     ) -> None:
         """Forward the request and stream the answer back as it comes.
 
-        ``body`` is the request body when it was already read; ``status`` adds the
-        rerank status header (searches that are not reranked).
+        ``body`` is the request body when it was already read, ``head`` the part
+        of it read so far when the rest is still to come; ``status`` adds the
+        rerank status header (searches that are not reranked). A body still to
+        come is read up to ``_PREBUFFER_BYTES`` before a pooled connection is taken.
         """
         headers = self._up_headers(incoming.headers, _NOT_FORWARDED_UP)
         content: bytes | AsyncIterator[bytes]
+        if body is None and _has_body(incoming.headers):
+            head, complete = await _prebuffer(incoming.receive, head)
+            if complete:
+                body = head
+            else:
+                content = _stream_body(incoming.receive, head)
         if body is not None:
             content = body
             headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
-        elif _has_body(incoming.headers):
-            content = _stream_body(incoming.receive)
-        else:
+        elif not _has_body(incoming.headers):
             content = b""
         request = httpx.Request(
             incoming.method,
@@ -300,10 +385,11 @@ class RerankProxy:
             return
         try:
             raw_body = await self._read_body(incoming)
-        except _BodyTooLarge:
+        except _BodyTooLarge as exc:
             await self._pass_through(
                 incoming,
                 send,
+                head=exc.head,
                 status=rules.status_header("skipped", "search body too large to read"),
             )
             return
@@ -392,9 +478,7 @@ class RerankProxy:
             result = await self.retriever.arerank_hits(plan.query_text, hits, k=None, offset=0)
             return self._apply(response, plan, result)
         except Exception as exc:  # noqa: BLE001 - the client must get the engine's answer
-            logger.warning(
-                "rerank failed, answering in engine order: %s", type(exc).__name__, exc_info=True
-            )
+            logger.warning("rerank failed, answering in engine order: %s", brief_traceback(exc))
             reason = f"{type(exc).__name__} while reranking"
             return _Outcome(
                 rules.engine_order_response(response, plan), rules.status_header("failed", reason)
@@ -441,10 +525,11 @@ class RerankProxy:
             return
         try:
             raw_body = await self._read_body(incoming)
-        except _BodyTooLarge:
+        except _BodyTooLarge as exc:
             await self._pass_through(
                 incoming,
                 send,
+                head=exc.head,
                 status=rules.status_header("skipped", "search body too large to read"),
             )
             return
@@ -586,7 +671,13 @@ class RerankProxy:
 
     def _url(self, raw_path: bytes, query: bytes) -> httpx.URL:
         base = self._upstream.raw_path.split(b"?", 1)[0].rstrip(b"/")
-        return self._upstream.copy_with(raw_path=base + raw_path + (b"?" + query if query else b""))
+        try:
+            return self._upstream.copy_with(
+                raw_path=base + raw_path + (b"?" + query if query else b"")
+            )
+        except httpx.InvalidURL as exc:  # e.g. a '#' or a space in the target: 400, not a 500
+            msg = "the request target is not a valid URL path"
+            raise MalformedRequestError(msg, field="path") from exc
 
     def _up_headers(
         self, headers: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes]
@@ -596,11 +687,18 @@ class RerankProxy:
             for k, v in headers
             if k.lower() not in drop and not k.lower().startswith(b"x-secondpass-")
         ]
-        if self._auth is not None and not any(k.lower() == b"authorization" for k, _ in out):
+        if self._auth is not None:  # lent (only with lend_credentials): ours replace the client's
+            out = [(k, v) for k, v in out if k.lower() != b"authorization"]
             out.append((b"authorization", self._auth))
         return out
 
     async def _read_body(self, incoming: _Incoming) -> bytes:
+        """The whole search body, counted as it arrives whatever its framing.
+
+        A body declared larger than ``max_search_body_bytes`` is not read; one
+        without a Content-Length is read only up to the limit: either way it
+        passes through unread (:class:`_BodyTooLarge`), as the engine would take it.
+        """
         declared = incoming.header(b"content-length")
         limit = self.settings.max_search_body_bytes
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -610,14 +708,14 @@ class RerankProxy:
         while True:
             message = await incoming.receive()
             if message["type"] == "http.disconnect":
-                break
+                raise ClientGoneError(_GONE)
             chunk = message.get("body", b"")
             size += len(chunk)
             chunks.append(chunk)
+            if size > limit:
+                raise _BodyTooLarge(b"".join(chunks))
             if not message.get("more_body", False):
                 break
-        if size > limit:  # only reachable without a Content-Length; the bytes are read anyway
-            logger.info("search body of %d bytes exceeds max_search_body_bytes", size)
         return b"".join(chunks)
 
     def _decoded(
@@ -640,15 +738,16 @@ class RerankProxy:
         fmt = next((p.value for p in params if p.key == "format"), None)
         if fmt is not None and fmt.lower() != "json":
             return None
-        encoding = (incoming.header(b"content-encoding") or "identity").strip().lower()
+        encoding = incoming.header(b"content-encoding") or "identity"
         try:
-            if encoding in ("gzip", "x-gzip"):
-                return zlib.decompress(raw_body, wbits=31)
-            if encoding == "deflate":
-                return zlib.decompress(raw_body)
-        except zlib.error:
+            # Streaming, capped decoding (413 past the caps); an encoding we do not
+            # decode, or corrupt data, passes through for the engine to judge.
+            data = decompress(raw_body, encoding, limits=self.limits)
+        except UnsupportedEncodingError:
             return None
-        return raw_body if encoding == "identity" else None
+        # On the bytes, before json.loads and the planner recurse into them (400).
+        check_json_depth(data, self.limits.max_json_depth)
+        return data
 
     def _decode_search(
         self, incoming: _Incoming, raw_body: bytes, params: Sequence[rules.QueryParam]
@@ -697,7 +796,26 @@ def _has_body(headers: Sequence[tuple[bytes, bytes]]) -> bool:
     return False
 
 
-async def _stream_body(receive: Receive) -> AsyncIterator[bytes]:
+async def _prebuffer(receive: Receive, head: bytes) -> tuple[bytes, bool]:
+    """Read the body on from ``head`` up to ``_PREBUFFER_BYTES``: (bytes read, whether complete)."""
+    chunks = [head]
+    size = len(head)
+    while size < _PREBUFFER_BYTES:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGoneError(_GONE)
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks), True
+    return b"".join(chunks), False
+
+
+async def _stream_body(receive: Receive, head: bytes = b"") -> AsyncIterator[bytes]:
+    """``head``, then the rest of the body as it arrives (the input limits count it)."""
+    if head:
+        yield head
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -755,6 +873,8 @@ def _unreachable(exc: httpx.HTTPError, status: str | None) -> _Answer:
     timeout = isinstance(exc, httpx.TimeoutException)
     code = 504 if timeout else 502
     reason = f"upstream {'timed out' if timeout else 'unreachable'}: {type(exc).__name__}"
+    if isinstance(exc, httpx.PoolTimeout):  # our own pool is full, not the engine's fault
+        code, reason = 503, "proxy busy: no free upstream connection within pool_timeout_s"
     body = {"error": {"type": "secondpass_proxy_exception", "reason": reason}, "status": code}
     headers = [(b"content-type", b"application/json")]
     if status is not None:
@@ -762,7 +882,23 @@ def _unreachable(exc: httpx.HTTPError, status: str | None) -> _Answer:
     return _Answer(code, headers, _dump(body))
 
 
+def _render_refusal(exc: ServiceError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """An input-limit refusal (408/413/415/431/400) in the engines' error shape."""
+    cause = {"type": exc.error_type, "reason": str(exc)}
+    body = {"error": {"root_cause": [cause], **cause}, "status": exc.status}
+    return exc.status, [(b"content-type", b"application/json; charset=UTF-8")], _dump(body)
+
+
+async def _refuse(send: Send, refusal: access.Refusal) -> None:
+    """Answer a request the proxy does not forward, in the engines' error shape."""
+    body = access.error_body(refusal)
+    await _send_answer(send, _Answer(refusal.status, access.refusal_headers(refusal), body))
+
+
 def _configured_auth(settings: ProxySettings) -> bytes | None:
+    """The ``Authorization`` the proxy lends, or ``None`` (always ``None`` without the opt-in)."""
+    if not settings.lend_credentials:
+        return None
     if settings.api_key is not None:
         return b"ApiKey " + settings.api_key.get_secret_value().encode("latin-1")
     if settings.username is not None:
@@ -813,6 +949,7 @@ def _uvicorn_config(app: RerankProxy, settings: ProxySettings, *, host: str, por
         date_header=False,
         ssl_certfile=settings.ssl_certfile,
         ssl_keyfile=settings.ssl_keyfile,
+        **app.limits.uvicorn_kwargs(),  # h11 pinned, request head capped (431)
     )
 
 

@@ -7,11 +7,17 @@ variables (nested values as JSON, e.g. ``SECONDPASS_PROXY_INDICES='{"docs":
 JSON or YAML), then each library area's own variables (``SECONDPASS_RERANK_*``,
 ``SECONDPASS_CACHE_*``) and the defaults.
 
-Credentials toward the upstream are optional: by default the proxy forwards the
-client's own ``Authorization`` header and stores none. Configured credentials are
-only sent when a request carries no ``Authorization`` of its own, which means any
-client that can reach the proxy gets their rights: bind it to loopback or a
-private network when you set them.
+Credentials are never lent by default: the proxy forwards the client's own
+``Authorization`` (and every other header) and adds none. Credentials configured
+for the upstream (``username``/``password``, ``api_key``, or userinfo in
+``upstream``, which is moved out of the URL so no logged URL carries it) make
+every client that reaches the proxy act with their authority, so they are only
+accepted together with ``lend_credentials=True``, and then the proxy lends them
+only to requests on ``allowed_requests`` (read-only searching by default) from
+clients holding one of ``client_api_keys`` / ``client_api_key_file``. Lending
+without client keys is refused unless the proxy listens on loopback only. Client
+keys can also be required without lending anything. :meth:`ProxySettings.access_gate`
+applies these rules; the proxy calls it before it serves.
 
 Example:
     >>> s = ProxySettings(upstream="http://127.0.0.1:9200",
@@ -22,13 +28,23 @@ Example:
 
 from __future__ import annotations
 
+import ipaddress
 import string
 from typing import Any, ClassVar, Literal
+from urllib.parse import unquote
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from secondpass.config import CacheSettings, RerankSettings
+from secondpass.errors import ConfigurationError
+from secondpass.service.auth import ApiKeys
+from secondpass.service.proxy_access import (
+    DEFAULT_ALLOWED_REQUESTS,
+    AccessGate,
+    AllowList,
+    parse_rule,
+)
 from secondpass.service.proxy_rules import IndexText, IndexTextRules
 from secondpass.service.settings_files import FileBackedSettings
 
@@ -91,11 +107,28 @@ class ProxySettings(FileBackedSettings):
     log_level: str = Field("info", description="uvicorn log level")
     access_log: bool = Field(False, description="log one line per request")
 
+    # -- who may act, with whose credentials ------------------------------------
+    client_api_keys: list[SecretStr] = Field(
+        default_factory=list, description="API keys clients must present to the proxy"
+    )
+    client_api_key_file: str | None = Field(
+        None, description="file of client API keys, one 'KEY' or 'NAME KEY' per line"
+    )
+    lend_credentials: bool = Field(
+        False,
+        description="send the configured upstream credentials on allowed requests "
+        "(off: clients act with their own Authorization only)",
+    )
+    allowed_requests: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ALLOWED_REQUESTS),
+        description="'METHODS /path' rules ({index} for an index) for lent credentials",
+    )
+
     # -- toward the upstream ---------------------------------------------------
-    username: str | None = Field(None, description="basic auth user, for clients that send none")
+    username: str | None = Field(None, description="basic auth user (needs lend_credentials)")
     password: SecretStr | None = Field(None, description="basic auth password")
     api_key: SecretStr | None = Field(
-        None, description="API key (base64 id:key), for clients that send none"
+        None, description="API key (base64 id:key) (needs lend_credentials)"
     )
     verify_certs: bool = Field(True, description="verify the upstream's TLS certificate")
     ca_certs: str | None = Field(None, description="CA bundle for the upstream's certificate")
@@ -129,6 +162,33 @@ class ProxySettings(FileBackedSettings):
         16 * 1024 * 1024, ge=1024, description="larger search bodies pass through unread"
     )
 
+    # -- bounded input (docs/proxy.md#limits) ------------------------------------
+    max_body_bytes: int = Field(
+        100 * 1024 * 1024, ge=1024, description="largest request body of any kind (413 above it)"
+    )
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="largest request head in bytes (431 above it)"
+    )
+    max_headers: int = Field(100, ge=8, description="most request headers (431 above it)")
+    max_json_depth: int = Field(
+        128, ge=2, description="deepest JSON nesting of a search body, checked before parsing (400)"
+    )
+    max_decompressed_bytes: int | None = Field(
+        None, ge=1024, description="largest decoded search body (None: max_search_body_bytes)"
+    )
+    max_compression_ratio: float = Field(
+        100.0, ge=1, description="largest decoded/encoded size ratio of a search body (413)"
+    )
+    body_idle_timeout_s: float = Field(
+        10.0, gt=0, description="longest pause while a request body arrives (408)"
+    )
+    body_total_timeout_s: float = Field(
+        60.0, gt=0, description="longest a whole request body may take to arrive (408)"
+    )
+    pool_timeout_s: float = Field(
+        5.0, gt=0, description="longest wait for a free upstream connection (503)"
+    )
+
     # -- the library areas -----------------------------------------------------
     rerank: RerankSettings = Field(default_factory=RerankSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
@@ -149,6 +209,34 @@ class ProxySettings(FileBackedSettings):
             msg = "upstream must be an http:// or https:// URL"
             raise ValueError(msg)
         return value.rstrip("/")
+
+    @field_validator("allowed_requests")
+    @classmethod
+    def _rules(cls, value: list[str]) -> list[str]:
+        for text in value:
+            parse_rule(text)
+        return value
+
+    @model_validator(mode="after")
+    def _userinfo_to_credentials(self) -> ProxySettings:
+        """Move ``user:password@`` out of ``upstream`` so no URL we log or pass on carries it."""
+        scheme, sep, rest = self.upstream.partition("://")
+        end = next((i for i, c in enumerate(rest) if c in "/?#"), len(rest))
+        authority, path = rest[:end], rest[end:]
+        userinfo, at, hostport = authority.rpartition("@")
+        if not at:
+            return self
+        user, colon, password = userinfo.partition(":")
+        if self.username is not None or self.password is not None or self.api_key is not None:
+            msg = "give the upstream credentials once: in upstream or in username/password/api_key"
+            raise ValueError(msg)
+        if not hostport:
+            msg = "upstream has credentials but no host"
+            raise ValueError(msg)
+        self.upstream = f"{scheme}{sep}{hostport}{path}"
+        self.username = unquote(user) or None
+        self.password = SecretStr(unquote(password)) if colon else None
+        return self
 
     @field_validator("listen")
     @classmethod
@@ -173,6 +261,61 @@ class ProxySettings(FileBackedSettings):
     def port(self) -> int:
         """The port part of ``listen``."""
         return int(self.listen.rpartition(":")[2])
+
+    @property
+    def listens_on_loopback(self) -> bool:
+        """Whether only this machine can reach the proxy (``127.0.0.0/8``, ``::1``, ``localhost``)."""
+        host = self.host
+        if host.lower() == "localhost":
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False  # a host name: it may resolve to anything
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return address.is_loopback
+
+    @property
+    def has_upstream_credentials(self) -> bool:
+        """Whether credentials for the upstream are configured (lent only with ``lend_credentials``)."""
+        return self.username is not None or self.password is not None or self.api_key is not None
+
+    def access_gate(self) -> AccessGate | None:
+        """Check who may act with whose credentials, and build the gate that enforces it.
+
+        Reads ``client_api_key_file``. Returns ``None`` when every request passes
+        with the client's own credentials (no client keys, nothing lent). Raises
+        :class:`~secondpass.errors.ConfigurationError` for credentials without
+        ``lend_credentials``, ``lend_credentials`` without credentials, both
+        ``username`` and ``api_key``, and lending on a non-loopback address
+        without client keys.
+        """
+        if self.has_upstream_credentials and not self.lend_credentials:
+            msg = (
+                "upstream credentials are configured but lend_credentials is off: every client "
+                "of the proxy would act with them. Either remove them (clients then send their "
+                "own Authorization, which the proxy forwards), or set lend_credentials=true "
+                "(--lend-credentials) together with client_api_keys or client_api_key_file"
+            )
+            raise ConfigurationError(msg)
+        if self.lend_credentials and not self.has_upstream_credentials:
+            msg = "lend_credentials is on but no username/password or api_key is configured"
+            raise ConfigurationError(msg)
+        if self.api_key is not None and (self.username is not None or self.password is not None):
+            msg = "configure either username/password or api_key for the upstream, not both"
+            raise ConfigurationError(msg)
+        keys = ApiKeys.from_sources(self.client_api_keys, self.client_api_key_file)
+        if self.lend_credentials and not keys and not self.listens_on_loopback:
+            msg = (
+                f"lend_credentials on a non-loopback listen address ({self.host}) needs client "
+                "authentication: set client_api_keys or client_api_key_file, or listen on 127.0.0.1"
+            )
+            raise ConfigurationError(msg)
+        if not keys and not self.lend_credentials:
+            return None
+        allow = AllowList.from_rules(self.allowed_requests) if self.lend_credentials else None
+        return AccessGate(keys=keys, allow=allow)
 
     def index_rules(self) -> IndexTextRules:
         """The per-index passage configuration in the form the proxy rules use."""

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_JSON_TYPE = {bool: "boolean", int: "number", float: "number", list: "array"}
 
 
 def clean_text(text: str) -> str:
@@ -73,6 +75,22 @@ class CohereRerankRequest(_Request):
         description="accepted for compatibility; long documents follow the service's policy",
     )
 
+    @field_validator("documents", mode="before")
+    @classmethod
+    def _strings_or_objects(cls, value: Any) -> Any:
+        """Name the first document that is neither a string nor an object (422).
+
+        Without this, pydantic reports one error per union branch with internal
+        names (``documents[0].str``), which tells a client little.
+        """
+        if isinstance(value, list):
+            for i, doc in enumerate(value):
+                if not isinstance(doc, (str, dict)):
+                    kind = "null" if doc is None else _JSON_TYPE.get(type(doc), type(doc).__name__)
+                    msg = f"documents[{i}] must be a string or an object, not {kind}"
+                    raise ValueError(msg)
+        return value
+
 
 class CohereV2RerankRequest(_Request):
     """Body of ``POST /v2/rerank`` (Cohere v2: string documents, no document echo)."""
@@ -89,7 +107,8 @@ class CohereDocument(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    text: str | None = None
+    # A number is a valid text (it is scored as written), so it is echoed as sent.
+    text: str | bool | int | float | None = None
 
 
 class CohereResult(BaseModel):

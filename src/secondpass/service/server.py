@@ -18,6 +18,7 @@ from typing import Any
 import uvicorn
 
 from secondpass.service.app import ServiceState, create_app
+from secondpass.service.http_limits import HttpLimits
 from secondpass.service.settings import ServiceSettings
 
 logger = logging.getLogger("secondpass.service")
@@ -53,6 +54,15 @@ def serve(settings: ServiceSettings, **app_kwargs: Any) -> int:
     """Serve until a signal; returns the process exit code (0 after a graceful drain)."""
     app = create_app(settings, **app_kwargs)
     state: ServiceState = app.state.service
+    settings.check_exposure(keys_configured=bool(state.api_keys))
+    if state.api_keys:
+        logger.info("API keys required (%d configured: %r)", len(state.api_keys), state.api_keys)
+    elif settings.exposed:
+        logger.warning(
+            "serving %s WITHOUT authentication (allow_unauthenticated is set)", settings.host
+        )
+    if settings.ssl_certfile is None and state.api_keys and settings.exposed:
+        logger.warning("API keys travel in clear text: set ssl_certfile/ssl_keyfile or a TLS proxy")
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -62,6 +72,9 @@ def serve(settings: ServiceSettings, **app_kwargs: Any) -> int:
         log_config=None,  # keep the CLI's logging set-up
         timeout_graceful_shutdown=int(max(1, settings.shutdown_timeout_s)),
         lifespan="on",
+        ssl_certfile=None if settings.ssl_certfile is None else str(settings.ssl_certfile),
+        ssl_keyfile=None if settings.ssl_keyfile is None else str(settings.ssl_keyfile),
+        **HttpLimits.from_settings(settings).uvicorn_kwargs(),  # h11 pinned, head capped (431)
     )
     server = _DrainingServer(config, state, settings.shutdown_delay_s)
     server.run()

@@ -1,0 +1,340 @@
+"""The proxy's authority against a real secured Elasticsearch: whose credentials, which requests.
+
+The attack this closes: ``secondpass proxy --username elastic --password ...``
+used to add its credentials to every request without ``Authorization``, so any
+client that could reach it could delete indices, change cluster settings and read
+every index as the superuser.
+
+Everything is real: the ``elasticsearch_secure`` node (security on), two proxies
+under uvicorn on loopback (``BackgroundProxy``) in front of it, the tiny
+cross-encoder. Attack requests are written on a raw socket, so their request
+targets (dot segments, percent-encodings, ``*``, absolute-form) reach the proxy
+byte for byte. The proxies' upstream transport is the real httpx transport,
+wrapped to count the requests that reached the engine; the engine's own state
+(indices, cluster settings, users) is checked afterwards with the superuser.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from secondpass.service.proxy import BackgroundProxy, RerankProxy
+from secondpass.service.proxy_settings import ProxySettings
+from tests.fixtures.servers import SECURE_PASSWORD
+
+pytestmark = [pytest.mark.reliability, pytest.mark.integration]
+
+KEY = "proxy-client-key-0123456789"
+TIMEOUT_S = 30.0
+SETTING = "search.default_search_timeout"
+
+
+class CountingTransport(httpx.AsyncBaseTransport):
+    """The real network transport, counting the requests it sends to the engine."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.sent: list[tuple[str, str, str | None]] = []  # method, path, Authorization
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.raw_path.decode("ascii", "replace")
+        self.sent.append((request.method, path, request.headers.get("authorization")))
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def raw_request(
+    base: str, method: str, target: str, *, headers: dict[str, str] | None = None, body: bytes = b""
+) -> Answer:
+    """One HTTP/1.1 request written byte for byte (no client-side path normalisation)."""
+    url = urlsplit(base)
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {url.netloc}", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    lines.append(f"Content-Length: {len(body)}")
+    if body:
+        lines.append("Content-Type: application/json")
+    data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    with socket.create_connection((url.hostname, url.port), timeout=TIMEOUT_S) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):  # the proxy closes after the answer (Connection: close)
+            chunks.append(chunk)
+    head, _, rest = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parsed = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        parsed[name.strip().lower()] = value.strip()
+    length = int(parsed.get("content-length", len(rest)))
+    return Answer(int(status_line.split()[1]), parsed, rest[:length])
+
+
+@dataclass
+class Setup:
+    engine_url: str
+    admin: httpx.Client
+    docs: str
+    secret: str
+    default_url: str
+    lent_url: str
+    default_engine: CountingTransport
+    lent_engine: CountingTransport
+
+
+@pytest.fixture(scope="module")
+def setup(elasticsearch_secure: Any, tiny_scorer: Any) -> Iterator[Setup]:
+    secure = elasticsearch_secure
+    admin = httpx.Client(
+        base_url=secure.url, auth=(secure.username, SECURE_PASSWORD), timeout=TIMEOUT_S
+    )
+    docs, secret = (
+        f"authority-docs-{uuid.uuid4().hex[:8]}",
+        f"authority-secret-{uuid.uuid4().hex[:8]}",
+    )
+    lines = []
+    for i in range(12):
+        lines += [
+            {"index": {"_index": docs, "_id": str(i)}},
+            {"body": f"cat food note {i} " + "tuna " * (i % 4)},
+        ]
+    lines += [{"index": {"_index": secret, "_id": "1"}}, {"body": "the secret"}]
+    bulk = admin.post("/_bulk", params={"refresh": "true"}, content="".join(json.dumps(x) + "\n" for x in lines),
+                      headers={"content-type": "application/x-ndjson"})  # fmt: skip
+    assert bulk.status_code == 200 and not bulk.json()["errors"], bulk.text
+    host = urlsplit(secure.url)
+    indices = {"authority-docs-*": {"fields": ["body"]}}
+    default_engine, lent_engine = CountingTransport(), CountingTransport()
+    default = RerankProxy(
+        ProxySettings(upstream=secure.url, listen="127.0.0.1:0", window=10, indices=indices),
+        scorer=tiny_scorer,
+        transport=default_engine,
+    )
+    lent = RerankProxy(
+        ProxySettings(
+            # credentials in the URL's userinfo: moved into the settings, never in a URL
+            upstream=f"http://{secure.username}:{SECURE_PASSWORD}@{host.hostname}:{host.port}",
+            listen="127.0.0.1:0",
+            window=10,
+            indices=indices,
+            lend_credentials=True,
+            client_api_keys=[KEY],
+        ),
+        scorer=tiny_scorer,
+        transport=lent_engine,
+    )
+    assert SECURE_PASSWORD not in lent.settings.upstream
+    with BackgroundProxy(default) as default_url, BackgroundProxy(lent) as lent_url:
+        yield Setup(
+            secure.url, admin, docs, secret, default_url, lent_url, default_engine, lent_engine
+        )
+    for proxy in (default, lent):
+        proxy.retriever.close()
+    admin.delete(f"/{docs},{secret}")
+    admin.close()
+
+
+def attacks(s: Setup) -> list[tuple[str, str, bytes]]:
+    """Requests that need more than read-only searching, in several spellings each."""
+    settings = json.dumps({"persistent": {SETTING: "7s"}}).encode()
+    reindex = json.dumps(
+        {"source": {"index": s.secret}, "dest": {"index": f"{s.docs}-stolen"}}
+    ).encode()
+    user = json.dumps({"password": "eve-Passw0rd-1", "roles": ["superuser"]}).encode()
+    bulk = b'{"delete":{"_index":"%s","_id":"1"}}\n' % s.docs.encode()
+    return [
+        ("DELETE", f"/{s.docs}", b""),
+        ("DELETE", f"/{s.docs}/", b""),
+        ("DELETE", f"/{s.docs}/_search/..", b""),
+        ("DELETE", f"/%61{s.docs[1:]}", b""),
+        ("DELETE", f"/{s.docs}/_search/%2E%2E", b""),
+        ("PUT", "/_cluster/settings", settings),
+        ("PUT", "/_cluster/settings/", settings),
+        ("PUT", "/%5Fcluster/settings", settings),
+        ("PUT", "/_search/../_cluster/settings", settings),
+        ("PUT", f"/{s.docs}/_search/..%2F..%2F_cluster%2Fsettings", settings),
+        ("PUT", "//_cluster/settings", settings),
+        ("PUT", "/_cluster;x/settings", settings),
+        ("PUT", "http://evil.test/_cluster/settings", settings),
+        ("POST", "/_cluster/settings", settings),
+        ("GET", f"/{s.secret}/_doc/1", b""),
+        ("GET", f"/{s.secret}%2F_doc%2F1/_search", b""),
+        ("GET", f"/{s.docs}/_search/../../{s.secret}/_doc/1", b""),
+        ("HEAD", f"/{s.secret}/_doc/1", b""),
+        ("POST", "/_bulk", bulk),
+        ("POST", f"/{s.docs}/_bulk", bulk),
+        ("POST", "/_reindex", reindex),
+        ("POST", "/%5Freindex", reindex),
+        ("GET", "/_security/user", b""),
+        ("PUT", "/_security/user/eve", user),
+        ("POST", "/_security/user/eve", user),
+        ("POST", f"/{s.docs}/_delete_by_query", b'{"query":{"match_all":{}}}'),
+        ("GET", "/_SEARCH", b""),
+        ("OPTIONS", "*", b""),
+        ("POST", f"/{s.docs}/_search", b""),  # with a method override header, below
+    ]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [None, "wrong-key-0123456789abc", KEY[:-1], f"Basic {KEY}"],
+    ids=["none", "wrong", "prefix", "basic"],
+)
+def test_lent_mode_without_a_valid_key_is_401_and_reaches_nothing(
+    setup: Setup, key: str | None, figures: Any
+) -> None:
+    before = len(setup.lent_engine.sent)
+    headers = (
+        {}
+        if key is None
+        else ({"Authorization": key} if key.startswith("Basic") else {"X-API-Key": key})
+    )
+    tried = 0
+    for method, target, body in [
+        *attacks(setup),
+        ("GET", "/_search", b""),
+        ("POST", f"/{setup.docs}/_search", b"{}"),
+    ]:
+        answer = raw_request(setup.lent_url, method, target, headers=headers, body=body)
+        tried += 1
+        if target == "*":
+            assert answer.status == 400
+            continue
+        assert answer.status == 401, (method, target, answer.body)
+        assert answer.headers["www-authenticate"].startswith("Bearer ")
+        if method != "HEAD":
+            assert answer.json()["error"]["type"] == "security_exception"
+    reached = len(setup.lent_engine.sent) - before
+    assert reached == 0, setup.lent_engine.sent[before:]
+    label = "none" if key is None else key[:5]
+    figures.add(
+        "proxy authority: no/wrong client key", f"requests tried (key {label})", tried, "requests"
+    )
+    figures.add(
+        "proxy authority: no/wrong client key",
+        f"reached the engine (key {label})",
+        reached,
+        "requests",
+    )
+
+
+def test_lent_mode_with_a_valid_key_searches_reranked_and_refuses_everything_else(
+    setup: Setup, figures: Any
+) -> None:
+    key = {"X-API-Key": KEY}
+    search = json.dumps({"query": {"match": {"body": "cat food"}}, "size": 5}).encode()
+    for target in (
+        f"/{setup.docs}/_search",
+        "/authority-docs-*/_search",
+        f"/{setup.docs}/_search/",
+    ):
+        answer = raw_request(setup.lent_url, "POST", target, headers=key, body=search)
+        assert answer.status == 200, answer.body
+        assert answer.headers["x-secondpass-rerank"] == "ok"
+        assert len(answer.json()["hits"]["hits"]) == 5
+    count = raw_request(
+        setup.lent_url, "GET", f"/{setup.docs}/_count", headers={"Authorization": f"Bearer {KEY}"}
+    )
+    assert count.status == 200 and count.json()["count"] == 12
+
+    before = len(setup.lent_engine.sent)
+    tried = 0
+    for method, target, body in attacks(setup):
+        headers = dict(key)
+        if method == "POST" and target.endswith("/_search"):
+            headers["X-HTTP-Method-Override"] = "DELETE"
+        answer = raw_request(setup.lent_url, method, target, headers=headers, body=body)
+        tried += 1
+        assert answer.status in (400, 403), (method, target, answer.status, answer.body)
+        if method != "HEAD":
+            assert answer.json()["status"] == answer.status
+    for run_as in ({"es-security-runas-user": "elastic"}, {"Authorization": "Basic ZWxhc3RpYzp4"}):
+        answer = raw_request(setup.lent_url, "DELETE", f"/{setup.docs}", headers={**key, **run_as})
+        tried += 1
+        assert answer.status == 403
+    reached = len(setup.lent_engine.sent) - before
+    assert reached == 0, setup.lent_engine.sent[before:]
+    assert_engine_untouched(setup)
+    figures.add(
+        "proxy authority: lent credentials, valid key", "attack requests tried", tried, "requests"
+    )
+    figures.add(
+        "proxy authority: lent credentials, valid key",
+        "attack requests that reached the engine",
+        reached,
+        "requests",
+    )
+
+
+def test_default_mode_lends_nothing_so_the_engine_refuses_anonymous_clients(
+    setup: Setup, figures: Any
+) -> None:
+    before = len(setup.default_engine.sent)
+    refused = 0
+    for method, target, body in [
+        ("DELETE", f"/{setup.docs}", b""),
+        ("PUT", "/_cluster/settings", json.dumps({"persistent": {SETTING: "7s"}}).encode()),
+        ("GET", f"/{setup.secret}/_search", b""),
+        ("GET", f"/{setup.secret}/_doc/1", b""),
+        ("POST", "/_bulk", b'{"delete":{"_index":"%s","_id":"1"}}\n' % setup.docs.encode()),
+        ("POST", f"/{setup.docs}/_search", b'{"query":{"match":{"body":"cat"}}}'),
+        ("GET", "/_security/user", b""),
+    ]:
+        direct = raw_request(setup.engine_url, method, target, body=body)
+        through = raw_request(setup.default_url, method, target, body=body)
+        assert through.status == direct.status == 401, (method, target, through.body)
+        assert through.headers.get("www-authenticate") == direct.headers.get("www-authenticate")
+        refused += 1
+    sent = setup.default_engine.sent[before:]
+    assert len(sent) == refused and all(
+        auth is None for _, _, auth in sent
+    )  # forwarded, nothing added
+    basic = base64.b64encode(f"elastic:{SECURE_PASSWORD}".encode()).decode()
+    own = raw_request(
+        setup.default_url,
+        "GET",
+        f"/{setup.docs}/_count",
+        headers={"Authorization": f"Basic {basic}"},
+    )
+    assert (
+        own.status == 200 and own.json()["count"] == 12
+    )  # the client's own credentials still work
+    assert_engine_untouched(setup)
+    figures.add(
+        "proxy authority: default (nothing lent)",
+        "anonymous attack requests refused by the engine (401)",
+        refused,
+        "requests",
+    )
+
+
+def assert_engine_untouched(setup: Setup) -> None:
+    """The superuser's view: indices, documents, settings and users are as the fixture left them."""
+    admin = setup.admin
+    assert admin.get(f"/{setup.docs}/_count").json()["count"] == 12
+    assert admin.head(f"/{setup.secret}").status_code == 200
+    assert admin.head(f"/{setup.docs}-stolen").status_code == 404
+    cluster = admin.get("/_cluster/settings", params={"flat_settings": "true"}).json()
+    assert SETTING not in cluster["persistent"]
+    assert admin.get("/_security/user/eve").status_code == 404

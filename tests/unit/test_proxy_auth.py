@@ -1,0 +1,593 @@
+"""The proxy's authority: whose credentials a request goes up with, and which requests may go.
+
+No servers: the proxy ASGI app is driven with hand-built scopes (so every byte of
+the request target is the test's, not an HTTP client's normalisation) against a
+recording httpx.MockTransport upstream. The same promises against a real secured
+Elasticsearch are in tests/reliability/test_proxy_authority.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from secondpass.errors import ConfigurationError
+from secondpass.service import auth
+from secondpass.service.proxy import RerankProxy
+from secondpass.service.proxy_access import (
+    DEFAULT_ALLOWED_REQUESTS,
+    AllowList,
+    Refusal,
+    canonical_segments,
+    origin_form,
+)
+from secondpass.service.proxy_settings import ProxySettings
+from secondpass.types import PassageScore
+
+UPSTREAM = "http://engine.test:9200"
+KEY = "client-key-0123456789"
+OTHER_KEY = "client-key-9876543210"
+PROXY_BASIC = "Basic " + base64.b64encode(b"elastic:proxy-Passw0rd").decode()
+LENT = {"username": "elastic", "password": "proxy-Passw0rd", "lend_credentials": True}
+
+
+class LengthScorer:
+    """Longer passages first: enough to see that reranking ran."""
+
+    fingerprint = "length-scorer"
+
+    def score(
+        self, query: str, passages: Sequence[str], *, timings: Any = None
+    ) -> list[PassageScore]:
+        return [PassageScore(raw=float(len(p)), normalized=len(p) / 100) for p in passages]
+
+    def score_pairs(
+        self, pairs: Sequence[tuple[str, str]], *, timings: Any = None
+    ) -> list[PassageScore]:
+        return [self.score(q, [p])[0] for q, p in pairs]
+
+
+class _Body(httpx.AsyncByteStream):
+    """An unread async body, as a real connection gives."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def __aiter__(self):  # type: ignore[override]
+        yield self.data
+
+
+class Recorder:
+    """A scripted engine that records every request reaching it."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        request.read()
+        self.requests.append(request)
+        answer = self.answer(request)
+        return httpx.Response(
+            answer.status_code, headers=answer.headers.raw, stream=_Body(answer.content)
+        )
+
+    def answer(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/_search"):
+            hits = [
+                {
+                    "_index": "docs",
+                    "_id": str(i),
+                    "_score": 10.0 - i,
+                    "_source": {"body": "x" * (i + 1)},
+                }
+                for i in range(5)
+            ]
+            body = {
+                "took": 1,
+                "hits": {"total": {"value": 5, "relation": "eq"}, "max_score": 10.0, "hits": hits},
+            }
+            return httpx.Response(200, json=body)
+        return httpx.Response(200, json={"acknowledged": True})
+
+
+def make_proxy(recorder: Recorder, **settings: Any) -> RerankProxy:
+    config = ProxySettings(
+        upstream=settings.pop("upstream", UPSTREAM),
+        indices={"docs": {"fields": ["body"]}},
+        **settings,
+    )
+    return RerankProxy(config, scorer=LengthScorer(), transport=httpx.MockTransport(recorder))
+
+
+async def call(
+    proxy: RerankProxy,
+    method: str,
+    target: bytes,
+    *,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    query: bytes = b"",
+    body: bytes = b"",
+) -> tuple[int, dict[bytes, bytes], bytes]:
+    """One request as uvicorn hands it over: raw target bytes, untouched."""
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": target.decode("latin-1"),
+        "raw_path": target,
+        "query_string": query,
+        "headers": [*headers, (b"content-length", str(len(body)).encode())],
+    }
+    sent: list[dict[str, Any]] = []
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if delivered:
+            return {"type": "http.disconnect"}
+        delivered = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await proxy(scope, receive, send)
+    start = sent[0]
+    return (
+        start["status"],
+        {k.lower(): v for k, v in start["headers"]},
+        b"".join(m.get("body", b"") for m in sent[1:]),
+    )
+
+
+def assert_engine_error(
+    status: int, headers: dict[bytes, bytes], body: bytes, expected: int
+) -> str:
+    """The engines' error shape; returns the reason."""
+    assert status == expected
+    assert headers[b"content-type"].startswith(b"application/json")
+    data = json.loads(body)
+    assert data["status"] == expected
+    assert data["error"]["root_cause"][0]["type"] == data["error"]["type"]
+    reason = data["error"]["reason"]
+    assert isinstance(reason, str) and reason
+    return reason
+
+
+# ------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        {"username": "elastic", "password": "pw"},
+        {"username": "elastic"},
+        {"api_key": "aWQ6a2V5"},
+        {"upstream": "http://elastic:pw@127.0.0.1:9200"},
+    ],
+    ids=["basic", "user-only", "api-key", "userinfo"],
+)
+def test_credentials_without_the_opt_in_refuse_to_start(credentials: dict[str, str]) -> None:
+    settings = ProxySettings(**credentials)
+    with pytest.raises(ConfigurationError, match="lend_credentials is off") as info:
+        settings.access_gate()
+    assert "pw" not in str(info.value) and "aWQ6a2V5" not in str(info.value)
+    with pytest.raises(ConfigurationError, match="lend_credentials"):
+        RerankProxy(settings, scorer=LengthScorer())
+
+
+def test_the_opt_in_needs_credentials_and_one_kind_of_them() -> None:
+    with pytest.raises(ConfigurationError, match="no username/password or api_key"):
+        ProxySettings(lend_credentials=True).access_gate()
+    with pytest.raises(ConfigurationError, match="not both"):
+        ProxySettings(username="u", api_key="aWQ6a2V5", lend_credentials=True).access_gate()
+
+
+@pytest.mark.parametrize(
+    "listen",
+    ["0.0.0.0:9201", "[::]:9201", "192.168.1.5:9201", "[fe80::1]:9201", "search.internal:9201",
+     "[::ffff:10.0.0.1]:9201", "127.0.0.1.nip.io:9201"],
+)  # fmt: skip
+def test_lending_on_a_reachable_address_needs_client_keys(listen: str) -> None:
+    settings = ProxySettings(listen=listen, **LENT)
+    with pytest.raises(ConfigurationError, match="non-loopback"):
+        settings.access_gate()
+    gate = ProxySettings(listen=listen, client_api_keys=[KEY], **LENT).access_gate()
+    assert gate is not None and gate.keys and gate.allow is not None
+
+
+@pytest.mark.parametrize(
+    "listen",
+    ["127.0.0.1:0", "127.8.9.10:9201", "[::1]:0", "localhost:9201", "[::ffff:127.0.0.1]:1"],
+)
+def test_lending_on_loopback_without_keys_starts_with_a_loud_warning(
+    listen: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="secondpass.service.proxy")
+    proxy = make_proxy(Recorder(), listen=listen, **LENT)
+    assert proxy.settings.listens_on_loopback
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("WITHOUT client authentication" in w for w in warnings)
+    assert not any("proxy-Passw0rd" in w for w in warnings)
+
+
+@pytest.mark.parametrize(
+    ("upstream", "stripped", "user", "password"),
+    [
+        ("http://elastic:pw@127.0.0.1:9200", "http://127.0.0.1:9200", "elastic", "pw"),
+        ("https://u%40corp:p%3Aw%40rd@[::1]:9200/es/", "https://[::1]:9200/es", "u@corp", "p:w@rd"),
+        ("http://elastic:p@ss@host:9200", "http://host:9200", "elastic", "p@ss"),
+        ("http://reader@host:9200/base", "http://host:9200/base", "reader", None),
+    ],
+)
+def test_userinfo_moves_out_of_the_upstream_url(
+    upstream: str, stripped: str, user: str, password: str | None
+) -> None:
+    settings = ProxySettings(upstream=upstream, lend_credentials=True)
+    assert settings.upstream == stripped
+    assert "@" not in settings.upstream
+    assert settings.username == user
+    assert (settings.password.get_secret_value() if settings.password else None) == password
+    if password:
+        assert password not in repr(settings)
+
+
+def test_userinfo_and_separate_credentials_are_refused() -> None:
+    with pytest.raises(ValidationError, match="once"):
+        ProxySettings(upstream="http://a:b@host:9200", username="c", password="d")
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "/_search",
+        "get /_search",
+        "GET _search",
+        "GET,FETCH /_search",
+        "GET /../_search",
+        "GET /{idx}/_search",
+    ],
+)
+def test_invalid_allowed_requests_are_refused_naming_the_rule(rule: str) -> None:
+    with pytest.raises(ValidationError, match="allowed request"):
+        ProxySettings(allowed_requests=[rule])
+
+
+def test_client_keys_come_from_a_file_too(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    path.write_text(f"# clients\nbatch {KEY}\n", encoding="utf-8")
+    gate = ProxySettings(client_api_key_file=str(path)).access_gate()
+    assert gate is not None and gate.allow is None
+    assert gate.keys.identify([(b"x-api-key", KEY.encode())]) == "batch"
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        ProxySettings(client_api_key_file=str(tmp_path / "missing")).access_gate()
+
+
+def test_cli_has_the_opt_in_flag_and_no_flag_for_client_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from secondpass.cli import build_parser
+    from secondpass.commands import proxy as command
+
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["proxy", "--client-api-keys", KEY])
+    monkeypatch.setenv("SECONDPASS_PROXY_PASSWORD", "from-env")
+    args = parser.parse_args(["proxy", "--username", "elastic"])
+    monkeypatch.setattr("secondpass.service.proxy.run", lambda *a, **k: pytest.fail("started"))
+    with pytest.raises(ConfigurationError, match="--lend-credentials"):
+        command._run(args)
+    args = parser.parse_args(
+        ["proxy", "--username", "elastic", "--lend-credentials", "--listen", "0.0.0.0:9201"]
+    )
+    with pytest.raises(ConfigurationError, match="non-loopback"):
+        command._run(args)
+
+
+# ------------------------------------------------------------------ allow-list
+
+
+ALLOWED = [
+    ("GET", b"/_search", b"/_search"),
+    ("POST", b"/docs/_search", b"/docs/_search"),
+    ("POST", b"/docs/_search/", b"/docs/_search"),
+    ("POST", b"/%5Fsearch", b"/_search"),
+    ("POST", b"/%64ocs/%5f%73earch", b"/docs/_search"),
+    ("GET", b"/docs,logs-2024.01*/_search", b"/docs,logs-2024.01*/_search"),
+    ("GET", b"/docs%2Clogs/_search", b"/docs,logs/_search"),
+    ("POST", b"/_msearch", b"/_msearch"),
+    ("POST", b"/docs/_msearch", b"/docs/_msearch"),
+    ("GET", b"/_count", b"/_count"),
+    ("POST", b"/docs/_count", b"/docs/_count"),
+    ("POST", b"/_search/scroll", b"/_search/scroll"),
+    ("DELETE", b"/_search/scroll", b"/_search/scroll"),
+    ("POST", b"/docs/_pit", b"/docs/_pit"),
+    ("DELETE", b"/_pit", b"/_pit"),
+    ("POST", b"/docs/_search/point_in_time", b"/docs/_search/point_in_time"),
+    ("DELETE", b"/_search/point_in_time", b"/_search/point_in_time"),
+]
+
+REFUSED = [
+    # other operations
+    ("DELETE", b"/docs"), ("PUT", b"/docs"), ("PUT", b"/_cluster/settings"), ("GET", b"/docs/_doc/1"),
+    ("POST", b"/_bulk"), ("POST", b"/docs/_bulk"), ("POST", b"/_reindex"), ("GET", b"/_security/user"),
+    ("PUT", b"/_security/user/eve"), ("POST", b"/docs/_delete_by_query"), ("POST", b"/docs/_update_by_query"),
+    ("PUT", b"/_scripts/x"), ("PUT", b"/_snapshot/repo"), ("POST", b"/_nodes/_local/shutdown"),
+    ("GET", b"/"), ("GET", b"/_cat/indices"), ("POST", b"/docs/_doc"), ("GET", b"/docs/_search/x"),
+    ("GET", b"/_search/scroll/abc"), ("POST", b"/docs/_search/scroll"), ("POST", b"/_pit"),
+    ("DELETE", b"/docs/_pit"), ("GET", b"/_search/point_in_time/_all"), ("DELETE", b"/_search"),
+    ("PUT", b"/docs/_search"), ("POST", b"/_search/template"), ("POST", b"/_plugins/_security/api/account"),
+    # methods: exact and listed only
+    ("get", b"/_search"), ("Get", b"/_search"), ("HEAD", b"/_search"), ("OPTIONS", b"/_search"),
+    ("TRACE", b"/_search"), ("PATCH", b"/docs/_search"), ("CONNECT", b"/_search"), ("POST ", b"/_search"),
+    # dot segments, empty segments, encoded separators, double encoding, params, controls
+    ("GET", b"/docs/_search/../../_cluster/settings"), ("DELETE", b"/docs/../_pit"),
+    ("PUT", b"/_search/../_cluster/settings"), ("GET", b"/%2E%2E/_search"), ("GET", b"/./_search"),
+    ("GET", b"/docs/./_search"), ("GET", b"/%2e/_search"), ("GET", b"//_search"), ("GET", b"/docs//_search"),
+    ("GET", b"/docs/_search//"), ("GET", b"/docs%2F_doc%2F1/_search"), ("GET", b"/docs%2f..%2f_search"),
+    ("GET", b"/docs%5C..%5C_cluster/_search"), ("GET", b"/docs\\_search"), ("GET", b"/%255Fsearch"),
+    ("GET", b"/docs%252F_doc/_search"), ("GET", b"/_search;x=1"), ("GET", b"/docs;a/_search"),
+    ("GET", b"/_search%00"), ("GET", b"/docs%0A/_search"), ("GET", b"/docs%7F/_search"),
+    ("GET", b"/%C0%AE%C0%AE/_search"), ("GET", b"/docs%FF/_search"), ("GET", b"/_search%3Fq=1"),
+    ("GET", b"/_search%23x"), ("GET", b"_search"), ("GET", b"/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/_search"),
+    # case and index expressions that widen or switch what is read
+    ("GET", b"/_SEARCH"), ("GET", b"/_Search"), ("GET", b"/Docs/_search"), ("GET", b"/_all/_search"),
+    ("GET", b"/.security/_search"), ("GET", b"/.security-7,docs/_search"), ("GET", b"/docs,.kibana/_search"),
+    ("GET", b"/%2Esecurity/_search"), ("GET", b"/-docs/_search"), ("GET", b"/+docs/_search"),
+    ("GET", b"/remote:docs/_search"), ("GET", b"/%3Clogs-%7Bnow%2Fd%7D%3E/_search"), ("GET", b"/docs,/_search"),
+    ("GET", b"/docs%20/_search"), ("GET", b"/%EF%BD%84ocs/_search"), ("GET", b"/_doc/_search"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "path", "canonical"), ALLOWED)
+def test_default_allow_list_admits_searching(method: str, path: bytes, canonical: bytes) -> None:
+    assert AllowList.from_rules(DEFAULT_ALLOWED_REQUESTS).check(method, path) == canonical
+
+
+@pytest.mark.parametrize(("method", "path"), REFUSED)
+def test_default_allow_list_refuses_everything_else(method: str, path: bytes) -> None:
+    verdict = AllowList.from_rules(DEFAULT_ALLOWED_REQUESTS).check(method, path)
+    assert isinstance(verdict, Refusal) and verdict.status == 403
+
+
+def test_the_allow_list_is_configurable_and_exact() -> None:
+    allow = AllowList.from_rules(["GET,HEAD /", "GET /{index}/_doc/{index}"])
+    assert allow.check("HEAD", b"/") == b"/"
+    assert allow.check("GET", b"/docs/_doc/abc") == b"/docs/_doc/abc"
+    assert isinstance(allow.check("GET", b"/_search"), Refusal)
+    assert isinstance(allow.check("DELETE", b"/docs/_doc/abc"), Refusal)
+
+
+@pytest.mark.parametrize(
+    ("target", "path"),
+    [(b"/x", b"/x"), (b"http://evil.test/x/_search", b"/x/_search"), (b"HTTPS://evil.test:1", b"/"),
+     (b"*", None), (b"evil.test:443", None), (b"", None), (b"ftp://evil.test/x", None)],
+)  # fmt: skip
+def test_origin_form(target: bytes, path: bytes | None) -> None:
+    assert origin_form(target) == path
+
+
+def test_segments_keep_an_encoded_comma_inside_one_segment() -> None:
+    assert canonical_segments(b"/a%2Cb/_search/") == ("a,b", "_search")
+
+
+# ----------------------------------------------------------- through the proxy
+
+
+async def test_by_default_the_proxy_adds_no_credentials_and_forwards_the_clients() -> None:
+    recorder = Recorder()
+    proxy = make_proxy(recorder)
+    await call(proxy, "DELETE", b"/docs")
+    await call(
+        proxy, "GET", b"/_cluster/health", headers=[(b"authorization", b"Basic dXNlcjpwdw==")]
+    )
+    await call(proxy, "POST", b"/docs/_search", headers=[(b"x-api-key", b"abc"), (b"cookie", b"c=1")],
+               body=b'{"query":{"match":{"body":"x"}}}')  # fmt: skip
+    first, second, third = recorder.requests
+    assert "authorization" not in first.headers
+    assert (
+        first.method == "DELETE" and first.url.path == "/docs"
+    )  # the engine decides, with no rights
+    assert second.headers["authorization"] == "Basic dXNlcjpwdw=="
+    assert (third.headers["x-api-key"], third.headers["cookie"]) == ("abc", "c=1")
+    assert "authorization" not in third.headers
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [[], [(b"authorization", b"Bearer")], [(b"authorization", b"Bearer " + OTHER_KEY.encode())],
+     [(b"x-api-key", KEY[:-1].encode())], [(b"x-api-key", KEY.upper().encode())],
+     [(b"authorization", b"Basic " + base64.b64encode(KEY.encode()))], [(b"authorization", b"ApiKey " + KEY.encode())],
+     [(b"x-api-key", KEY.encode() + b"x")], [(b"x-api-key", b"k" * 10_000)], [(b"api-key", KEY.encode())],
+     [(b"authorization", PROXY_BASIC.encode())]],
+    ids=["none", "empty-bearer", "other-key", "short", "upper", "basic", "apikey-scheme", "longer", "huge",
+         "wrong-header", "proxy-own-basic"],
+)  # fmt: skip
+@pytest.mark.parametrize("lent", [True, False], ids=["lent", "keys-only"])
+async def test_without_a_valid_key_the_answer_is_401_and_nothing_goes_up(
+    headers: list[tuple[bytes, bytes]], lent: bool
+) -> None:
+    recorder = Recorder()
+    proxy = make_proxy(recorder, client_api_keys=[KEY], **(LENT if lent else {}))
+    for method, target in [("GET", b"/_search"), ("DELETE", b"/docs"), ("OPTIONS", b"/_search")]:
+        status, down, body = await call(proxy, method, target, headers=headers)
+        reason = assert_engine_error(status, down, body, 401)
+        assert down[b"www-authenticate"].startswith(b"Bearer ")
+        assert "API key" in reason and KEY not in reason
+    assert recorder.requests == []
+
+
+@pytest.mark.parametrize(
+    "key_header",
+    [(b"authorization", b"Bearer " + KEY.encode()), (b"Authorization", b"bearer  " + KEY.encode()),
+     (b"x-api-key", KEY.encode()), (b"X-API-KEY", b" " + KEY.encode() + b" ")],
+)  # fmt: skip
+async def test_lent_mode_replaces_every_client_identity_and_still_reranks(
+    key_header: tuple[bytes, bytes],
+) -> None:
+    recorder = Recorder()
+    proxy = make_proxy(recorder, client_api_keys=[KEY], **LENT)
+    client_auth = (
+        (b"authorization", b"Basic ZXZlOmV2ZQ==")
+        if key_header[0].lower() == b"x-api-key"
+        else (b"x-api-key", b"other")
+    )
+    status, down, body = await call(
+        proxy, "POST", b"/docs/_search",
+        headers=[key_header, client_auth, (b"cookie", b"sid=1"), (b"content-type", b"application/json")],
+        body=b'{"query":{"match":{"body":"x"}},"size":3}',
+    )  # fmt: skip
+    assert status == 200, body
+    assert down[b"x-secondpass-rerank"] == b"ok"
+    assert [h["_id"] for h in json.loads(body)["hits"]["hits"]] == ["4", "3", "2"]  # longest first
+    (sent,) = recorder.requests
+    assert sent.headers.get_list("authorization") == [PROXY_BASIC]
+    assert "x-api-key" not in sent.headers and "cookie" not in sent.headers
+    assert KEY not in str(sent.headers.raw)
+
+
+async def test_keys_only_mode_strips_the_key_and_forwards_the_clients_own_credentials() -> None:
+    recorder = Recorder()
+    proxy = make_proxy(recorder, client_api_keys=[KEY, OTHER_KEY])
+    headers = [
+        (b"x-api-key", KEY.encode()),
+        (b"authorization", b"Basic dXNlcjpwdw=="),
+        (b"cookie", b"c=1"),
+    ]
+    status, _, _ = await call(proxy, "DELETE", b"/docs", headers=headers)
+    status2, _, _ = await call(
+        proxy, "GET", b"/_cluster/health",
+        headers=[(b"authorization", b"Bearer " + OTHER_KEY.encode()), (b"x-api-key", OTHER_KEY.encode())],
+    )  # fmt: skip
+    assert status == status2 == 200  # no allow-list: the engine decides with the client's rights
+    first, second = recorder.requests
+    assert (
+        first.headers["authorization"] == "Basic dXNlcjpwdw==" and first.headers["cookie"] == "c=1"
+    )
+    assert "x-api-key" not in first.headers
+    assert "authorization" not in second.headers and "x-api-key" not in second.headers
+
+
+@pytest.mark.parametrize(("method", "path"), REFUSED)
+async def test_lent_mode_refuses_with_403_and_forwards_nothing(method: str, path: bytes) -> None:
+    recorder = Recorder()
+    proxy = make_proxy(recorder, client_api_keys=[KEY], **LENT)
+    status, down, body = await call(proxy, method, path, headers=[(b"x-api-key", KEY.encode())])
+    assert_engine_error(status, down, body, 403 if path.startswith(b"/") else 400)
+    assert recorder.requests == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "query"),
+    [([(b"x-http-method-override", b"DELETE")], b""), ([(b"X-HTTP-Method", b"PUT")], b""),
+     ([(b"x-method-override", b"DELETE")], b""), ([], b"_method=DELETE"), ([], b"q=x&%5Fmethod=PUT"),
+     ([(b"es-security-runas-user", b"admin")], b""), ([(b"opendistro_security_impersonate_as", b"admin")], b""),
+     ([(b"x-proxy-user", b"admin"), (b"x-proxy-roles", b"all_access")], b"")],
+)  # fmt: skip
+async def test_lent_mode_refuses_method_overrides_and_identity_switches(
+    headers: list[tuple[bytes, bytes]], query: bytes
+) -> None:
+    recorder = Recorder()
+    proxy = make_proxy(recorder, client_api_keys=[KEY], **LENT)
+    status, down, body = await call(
+        proxy,
+        "POST",
+        b"/docs/_search",
+        headers=[(b"x-api-key", KEY.encode()), *headers],
+        query=query,
+    )
+    assert_engine_error(status, down, body, 403)
+    assert recorder.requests == []
+
+
+async def test_lent_mode_forwards_the_canonical_path_under_the_upstream_base_path() -> None:
+    recorder = Recorder()
+    proxy = make_proxy(recorder, upstream="http://engine.test:9200/es/", **LENT)
+    status, _, _ = await call(proxy, "POST", b"/%64ocs/%5Fcount/")
+    assert status == 200
+    assert recorder.requests[0].url.raw_path == b"/es/docs/_count"
+    status, _, _ = await call(proxy, "PUT", b"/../_cluster/settings")
+    assert status == 403 and len(recorder.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "settings", [{}, {"client_api_keys": [KEY]}, {"client_api_keys": [KEY], **LENT}]
+)
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        ("OPTIONS", b"*"),
+        ("GET", b"*"),
+        ("CONNECT", b"engine.test:443"),
+        ("GET", b"evil.test"),
+        ("GET", b""),
+    ],
+)
+async def test_odd_request_targets_get_400_never_500(
+    settings: dict[str, Any], method: str, target: bytes
+) -> None:
+    recorder = Recorder()
+    proxy = make_proxy(recorder, **settings)
+    status, down, body = await call(proxy, method, target, headers=[(b"x-api-key", KEY.encode())])
+    assert "request target" in assert_engine_error(status, down, body, 400)
+    assert recorder.requests == []
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "status", "reaches"),
+    [("GET", b"http://evil.test/_cluster/health", 200, True),
+     ("PUT", b"http://evil.test/_cluster/settings", 403, False),
+     ("POST", b"https://evil.test:8443/docs/_search", 200, True)],
+)  # fmt: skip
+async def test_absolute_form_targets_keep_only_their_path(
+    method: str, target: bytes, status: int, reaches: bool
+) -> None:
+    recorder = Recorder()
+    proxy = make_proxy(
+        recorder, allowed_requests=[*DEFAULT_ALLOWED_REQUESTS, "GET /_cluster/health"], **LENT
+    )
+    got, _, _ = await call(proxy, method, target)
+    assert got == status
+    assert [r.url.host for r in recorder.requests] == (["engine.test"] if reaches else [])
+
+
+@pytest.mark.parametrize("valid", [True, False])
+async def test_every_configured_key_is_compared_in_constant_time(
+    valid: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compared: list[int] = []
+    real = hmac.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        compared.append(len(a))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", counting)
+    keys = [OTHER_KEY, KEY, "third-key-0123456789"]
+    proxy = make_proxy(Recorder(), client_api_keys=keys)
+    presented = KEY if valid else "not-a-key-0123456789"
+    status, _, _ = await call(
+        proxy, "GET", b"/_search", headers=[(b"x-api-key", presented.encode())]
+    )
+    assert status == (200 if valid else 401)
+    assert compared == [32, 32, 32]  # every key, SHA-256 digests: no early exit, no length leak
+
+
+def test_the_documented_lending_config_loads() -> None:
+    import tomllib
+    from tests.docs_examples import DOCS
+
+    text = (DOCS / "proxy.md").read_text(encoding="utf-8")
+    blocks = [b.split("```")[0] for b in text.split("```toml\n")[1:]]
+    lending = next(b for b in blocks if "lend_credentials" in b)
+    settings = ProxySettings(**tomllib.loads(lending))
+    assert settings.lend_credentials and settings.client_api_key_file
+    assert settings.allowed_requests[-1] == "GET,HEAD /"
