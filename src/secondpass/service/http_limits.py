@@ -23,7 +23,8 @@ its status and error type); each application renders it in its own error shape.
 Example:
     >>> limits = HttpLimits(max_body_bytes=1_000_000, max_json_depth=4)
     >>> check_json_depth(b'{"a": [1, {"b": "[[[[["}]}', limits.max_json_depth)
-    >>> decompress(__import__("gzip").compress(b"{}"), "gzip", limits=limits)
+    >>> import gzip
+    >>> decompress(gzip.compress(b"{}"), "gzip", limits=limits)
     b'{}'
 """
 
