@@ -153,7 +153,6 @@ _PREBUFFER_BYTES = 256 * 1024
 A client that trickles its body then holds no pooled connection while it does;
 only larger bodies stream, and those are bounded by ``body_total_timeout_s``.
 """
-_BOUNDED = "secondpass.bounded"
 _GONE = "the client went away while sending its body"
 
 
@@ -214,7 +213,7 @@ class RerankProxy:
         self._auth = _configured_auth(settings)
         self.limits = HttpLimits.from_settings(settings)
         self._bounded = BoundedInputMiddleware(
-            self, limits=self.limits, render=_render_refusal, cancel_on_disconnect=True
+            self._route, limits=self.limits, render=_render_refusal, cancel_on_disconnect=True
         )
         if self._gate is not None and self._gate.allow is not None and not self._gate.keys:
             logger.warning(
@@ -255,21 +254,18 @@ class RerankProxy:
     # ---------------------------------------------------------------------- ASGI
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Route one ASGI connection: searches are read, everything else streams through.
+        """Gate one ASGI connection, then route it under the input limits.
 
         A target without a path (``OPTIONS *``, authority-form) is answered 400
         here; an absolute-form target keeps only its path. With client keys or
-        lent credentials the access gate decides first (401/403, never forwarded),
-        and an admitted request goes on with the canonical path it was checked as.
+        lent credentials the access gate decides first, before a byte of the body
+        is read (401/403, never forwarded), and an admitted request goes on with
+        the canonical path it was checked as.
         """
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
         if scope["type"] != "http":  # websockets: nothing of ours
-            return
-        if not scope.get(_BOUNDED):  # first pass: run this request under the input limits
-            scope[_BOUNDED] = True
-            await self._bounded(scope, receive, send)
             return
         target = scope.get("raw_path") or scope["path"].encode("utf-8")
         path = access.origin_form(target.split(b"?", 1)[0])
@@ -278,21 +274,28 @@ class RerankProxy:
                 send, access.Refusal(400, "the request target must be a path such as /_search")
             )
             return
-        incoming = _Incoming(
-            method=scope["method"],
-            raw_path=path,
-            query=scope.get("query_string", b""),
-            headers=list(scope["headers"]),
-            receive=receive,
-        )
+        headers = list(scope["headers"])
         if self._gate is not None:
-            verdict = self._gate.admit(incoming.method, path, incoming.query, incoming.headers)
+            verdict = self._gate.admit(
+                scope["method"], path, scope.get("query_string", b""), headers
+            )
             if isinstance(verdict, access.Refusal):
-                logger.info("refused %s: %s", incoming.method[:16], verdict.reason)
+                logger.info("refused %s: %s", scope["method"][:16], verdict.reason)
                 await _refuse(send, verdict)
                 return
-            incoming.raw_path = path = verdict.path
-            incoming.headers = verdict.headers
+            path, headers = verdict.path, verdict.headers
+        await self._bounded({**scope, "raw_path": path, "headers": headers}, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Searches are read and reranked, everything else streams through."""
+        incoming = _Incoming(
+            method=scope["method"],
+            raw_path=scope["raw_path"],
+            query=scope.get("query_string", b""),
+            headers=scope["headers"],
+            receive=receive,
+        )
+        path = incoming.raw_path
         if incoming.method in _READ_METHODS:
             match = _SEARCH_PATH.match(path)
             if match:
