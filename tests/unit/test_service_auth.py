@@ -27,9 +27,10 @@ from tests.fixtures.service import FakeScorer
 
 from secondpass.cli import main
 from secondpass.errors import ConfigurationError
-from secondpass.service.app import ApiKeyMiddleware, create_app, redact_paths
+from secondpass.service.app import create_app, redact_paths
 from secondpass.service.auth import ApiKeys
 from secondpass.service.metrics import ServiceMetrics
+from secondpass.service.middleware import ApiKeyMiddleware
 from secondpass.service.settings import ServiceSettings, looks_like_path
 
 KEY = "k3y-for-tests-0123456789"
