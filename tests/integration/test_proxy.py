@@ -542,3 +542,20 @@ def test_client_credentials_pass_through_and_lent_ones_replace_them(
             assert wrong.status_code == 200
     for proxy in (bare, lent):
         proxy.retriever.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [("GET", {"q": "body:cat"}), ("POST", {"q": "cat"}), ("GET", {"q": "cat", "size": "3"})],
+)
+def test_body_less_searches_are_reranked(
+    proxy: tuple[str, RerankProxy], index: str, method: str, params: dict[str, str]
+) -> None:
+    # curl-style searches carry no body and no Content-Type; the widened request
+    # the proxy sends has a JSON body, which the engines refuse untyped (406).
+    with httpx.Client(timeout=60) as http:
+        answer = http.request(method, f"{proxy[0]}/{index}/_search", params=params)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-secondpass-rerank"] == "ok"
+    hits = answer.json()["hits"]["hits"]
+    assert hits and len(hits) <= int(params.get("size", "10"))

@@ -57,7 +57,7 @@ from secondpass.service.errors import (
     error_body,
     status_for,
 )
-from secondpass.service.http_limits import brief_traceback
+from secondpass.service.http_limits import AnsweredConnectionGuard, brief_traceback
 from secondpass.service.metrics import ServiceMetrics
 from secondpass.service.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from secondpass.service.schemas import (
@@ -663,6 +663,7 @@ def create_app(
         metrics=state.metrics,
         rate_per_s=settings.api_key_rate_per_s,
     )
+    app.add_middleware(AnsweredConnectionGuard)  # around everything that may answer
     _install_error_handlers(app, state)
     limits = _Limits(settings)
 

@@ -58,6 +58,7 @@ __all__ = [
     "LimitedH11Protocol",
     "MalformedRequestError",
     "UnsupportedEncodingError",
+    "AnsweredConnectionGuard",
     "brief_traceback",
     "check_json_depth",
     "decompress",
@@ -142,6 +143,8 @@ class HttpLimits:
     max_compression_ratio: float = 100.0
     body_idle_timeout_s: float | None = 10.0
     body_total_timeout_s: float | None = 60.0
+    head_timeout_s: float | None = 10.0
+    max_client_connections: int = 1024
 
     @property
     def decompressed_cap(self) -> int:
@@ -164,6 +167,8 @@ class HttpLimits:
             max_json_depth=settings.max_json_depth,
             body_idle_timeout_s=settings.body_idle_timeout_s,
             body_total_timeout_s=settings.body_total_timeout_s,
+            head_timeout_s=settings.head_timeout_s,
+            max_client_connections=settings.max_client_connections,
         )
         if isinstance(settings, ProxySettings):
             decoded = settings.max_decompressed_bytes
@@ -183,13 +188,82 @@ class HttpLimits:
         have different limits and error answers, so both applications pin h11.
         h11 keeps at most ``max_header_bytes`` of an unfinished head (request line
         plus headers) and fails the connection beyond it, so a flood of header
-        bytes costs neither memory nor parse time.
+        bytes costs neither memory nor parse time. The protocol class carries the
+        head timeout and the connection cap (uvicorn has neither).
         """
-        return {"http": LimitedH11Protocol, "h11_max_incomplete_event_size": self.max_header_bytes}
+        protocol = type("BoundLimitedH11Protocol", (LimitedH11Protocol,), {"limits": self})
+        return {"http": protocol, "h11_max_incomplete_event_size": self.max_header_bytes}
 
 
 class LimitedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, answering ``431`` (not a bare 400) to a head over the cap."""
+    """uvicorn's h11 protocol with the limits uvicorn lacks.
+
+    - A head over the cap is answered ``431`` (not a bare 400).
+    - A request head must be complete within ``head_timeout_s`` of the
+      connection opening (or of the previous response): uvicorn otherwise keeps
+      a connection that sends nothing, or one header line now and then, open
+      forever, and enough of them exhaust the process's file descriptors.
+      Unlike the keep-alive timer, this one is not reset by arriving bytes.
+    - At most ``max_client_connections`` connections are open at once; one more
+      is answered ``503`` and closed before it costs anything.
+    """
+
+    limits: HttpLimits | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Accept the connection, unless the cap is reached; start the head clock."""
+        super().connection_made(transport)
+        self._head_timer: asyncio.TimerHandle | None = None
+        limits = self.limits
+        if limits is None:
+            return
+        if len(self.connections) > limits.max_client_connections:
+            self._close_with(503, "Service Unavailable", "too many open connections")
+            return
+        self._arm_head_timer()
+
+    def data_received(self, data: bytes) -> None:
+        """Feed h11; the head clock stops once a whole request head has arrived."""
+        super().data_received(data)
+        if self._head_timer is not None and self.conn.their_state is not h11.IDLE:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def on_response_complete(self) -> None:
+        """The next request on this keep-alive connection gets its own head clock."""
+        super().on_response_complete()
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Stop the head clock with the connection."""
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        limits = self.limits
+        if limits is None or limits.head_timeout_s is None or self.transport.is_closing():
+            return
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self.loop.call_later(limits.head_timeout_s, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        self._close_with(408, "Request Timeout", "the request head did not arrive in time")
+
+    def _close_with(self, status: int, phrase: str, text: str) -> None:
+        body = text.encode("ascii")
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n"
+            % (status, phrase.encode("ascii"), len(body))
+            + body
+        )
+        self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         """Called by uvicorn for any protocol error; a buffer over the cap is our 431."""
@@ -205,6 +279,35 @@ class LimitedH11Protocol(H11Protocol):
             b"content-length: " + str(len(body)).encode("ascii") + b"\r\n\r\n" + body
         )
         self.transport.close()
+
+
+class AnsweredConnectionGuard:
+    """Outermost ASGI layer: an answer to a connection the server already answered is dropped.
+
+    uvicorn answers some malformed requests itself (``400`` to bad bytes behind
+    a complete head, e.g. a broken chunk size) while the application is still
+    deciding; the application's own answer (a 401 from the key check, a 403
+    from the proxy's gate) then fails inside h11 with ``LocalProtocolError``,
+    and uvicorn would log a full traceback for every such request, a log flood
+    anyone could cause. Nobody is left to answer, so the send is dropped.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app with a ``send`` that tolerates an already-answered connection."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def tolerant_send(message: Message) -> None:
+            try:
+                await send(message)
+            except h11.LocalProtocolError:
+                logger.debug("answer dropped: the connection was already answered and closing")
+
+        await self.app(scope, receive, tolerant_send)
 
 
 # -------------------------------------------------------------------------- JSON depth

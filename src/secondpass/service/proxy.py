@@ -55,6 +55,7 @@ from secondpass.service import proxy_access as access
 from secondpass.service import proxy_rules as rules
 from secondpass.service.errors import ServiceError
 from secondpass.service.http_limits import (
+    AnsweredConnectionGuard,
     BoundedInputMiddleware,
     ClientGoneError,
     HttpLimits,
@@ -212,6 +213,7 @@ class RerankProxy:
         self._gate = settings.access_gate()
         self._auth = _configured_auth(settings)
         self.limits = HttpLimits.from_settings(settings)
+        self._guarded = AnsweredConnectionGuard(self._gate_and_route)
         self._bounded = BoundedInputMiddleware(
             self._route, limits=self.limits, render=_render_refusal, cancel_on_disconnect=True
         )
@@ -267,6 +269,9 @@ class RerankProxy:
             return
         if scope["type"] != "http":  # websockets: nothing of ours
             return
+        await self._guarded(scope, receive, send)
+
+    async def _gate_and_route(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = scope.get("raw_path") or scope["path"].encode("utf-8")
         path = access.origin_form(target.split(b"?", 1)[0])
         if path is None:
@@ -418,7 +423,7 @@ class RerankProxy:
         request = httpx.Request(
             incoming.method,
             self._url(incoming.raw_path, plan.query),
-            headers=self._up_headers(incoming.headers, _REWRITTEN_UP),
+            headers=self._rewritten_headers(incoming, b"application/json"),
             content=_dump(plan.body),
         )
         upstream_started = time.perf_counter()
@@ -574,7 +579,7 @@ class RerankProxy:
         request = httpx.Request(
             incoming.method,
             self._url(incoming.raw_path, query),
-            headers=self._up_headers(incoming.headers, _REWRITTEN_UP),
+            headers=self._rewritten_headers(incoming, b"application/x-ndjson"),
             content=b"\n".join(lines) + b"\n",
         )
         upstream_started = time.perf_counter()
@@ -656,7 +661,7 @@ class RerankProxy:
         request = httpx.Request(
             incoming.method,
             self._url(incoming.raw_path, query),
-            headers=self._up_headers(incoming.headers, _REWRITTEN_UP),
+            headers=self._rewritten_headers(incoming, b"application/x-ndjson"),
             content=b"\n".join(lines) + b"\n",
         )
         try:
@@ -694,6 +699,19 @@ class RerankProxy:
             out = [(k, v) for k, v in out if k.lower() != b"authorization"]
             out.append((b"authorization", self._auth))
         return out
+
+    def _rewritten_headers(
+        self, incoming: _Incoming, content_type: bytes
+    ) -> list[tuple[bytes, bytes]]:
+        """Headers for a body the proxy wrote itself: the client's type, else ``content_type``.
+
+        A search sent as ``GET /_search?q=...`` has no body and so no type; the
+        widened request carries a JSON body, which the engines refuse untyped (406).
+        """
+        headers = self._up_headers(incoming.headers, _REWRITTEN_UP)
+        if not any(k.lower() == b"content-type" for k, _ in headers):
+            headers.append((b"content-type", content_type))
+        return headers
 
     async def _read_body(self, incoming: _Incoming) -> bytes:
         """The whole search body, counted as it arrives whatever its framing.

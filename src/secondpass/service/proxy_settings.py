@@ -159,7 +159,10 @@ class ProxySettings(FileBackedSettings):
     )
     default_template: str | None = Field(None, description="template for default_fields")
     max_search_body_bytes: int = Field(
-        16 * 1024 * 1024, ge=1024, description="larger search bodies pass through unread"
+        1024 * 1024,
+        ge=1024,
+        description="larger search bodies pass through unread (parsing and rewriting one costs "
+        "about 10x its size in memory)",
     )
 
     # -- bounded input (docs/proxy.md#limits) ------------------------------------
@@ -184,6 +187,17 @@ class ProxySettings(FileBackedSettings):
     )
     body_total_timeout_s: float = Field(
         60.0, gt=0, description="longest a whole request body may take to arrive (408)"
+    )
+    head_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="longest a request head (request line and headers) may take to arrive; "
+        "the connection is closed (slow-header clients)",
+    )
+    max_client_connections: int = Field(
+        1024,
+        ge=1,
+        description="most open client connections; more are answered 503 and closed",
     )
     pool_timeout_s: float = Field(
         5.0, gt=0, description="longest wait for a free upstream connection (503)"

@@ -109,6 +109,17 @@ class ServiceSettings(FileBackedSettings):
     body_total_timeout_s: float = Field(
         default=60.0, gt=0, description="longest a whole request body may take to arrive (408)"
     )
+    head_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="longest a request head (request line and headers) may take to arrive; "
+        "the connection is closed (slow-header clients)",
+    )
+    max_client_connections: int = Field(
+        default=1024,
+        ge=1,
+        description="most open client connections; more are answered 503 and closed",
+    )
 
     # -- cross-request dynamic batching ---------------------------------------
     batching: bool = Field(
