@@ -421,8 +421,13 @@ async def test_an_answered_request_is_not_cancelled_by_the_closing_disconnect() 
 
 def test_both_apps_pin_h11_with_the_head_cap() -> None:
     for settings_obj in (ServiceSettings(), ProxySettings()):
-        kwargs = HttpLimits.from_settings(settings_obj).uvicorn_kwargs()
-        assert kwargs == {"http": LimitedH11Protocol, "h11_max_incomplete_event_size": 64 * 1024}
+        limits = HttpLimits.from_settings(settings_obj)
+        kwargs = limits.uvicorn_kwargs()
+        assert kwargs["h11_max_incomplete_event_size"] == 64 * 1024
+        assert issubclass(kwargs["http"], LimitedH11Protocol)
+        # The protocol carries the head timeout and the connection cap uvicorn lacks.
+        assert kwargs["http"].limits is limits
+        assert (limits.head_timeout_s, limits.max_client_connections) == (10.0, 1024)
 
 
 def test_proxy_decoding_cap_defaults_to_the_search_body_limit() -> None:
