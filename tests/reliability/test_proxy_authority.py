@@ -338,3 +338,128 @@ def assert_engine_untouched(setup: Setup) -> None:
     cluster = admin.get("/_cluster/settings", params={"flat_settings": "true"}).json()
     assert SETTING not in cluster["persistent"]
     assert admin.get("/_security/user/eve").status_code == 404
+
+
+def lent_refusals(setup: Setup, requests: list[tuple[str, str, bytes]]) -> int:
+    """Send each through the lent proxy with a valid key; all must be 403 and reach nothing."""
+    before = len(setup.lent_engine.sent)
+    for method, target, body in requests:
+        answer = raw_request(setup.lent_url, method, target, headers={"X-API-Key": KEY}, body=body)
+        assert answer.status == 403, (method, target, body, answer.status, answer.body)
+        assert answer.json()["error"]["type"] == "security_exception"
+    reached = len(setup.lent_engine.sent) - before
+    assert reached == 0, setup.lent_engine.sent[before:]
+    return len(requests)
+
+
+def test_lent_mode_refuses_clearing_every_scroll_and_other_clients_scrolls_survive(
+    setup: Setup, figures: Any
+) -> None:
+    search = json.dumps({"query": {"match": {"body": "cat"}}, "size": 2})
+    # Another client's scroll (httpx here: pass-through answers come chunked).
+    client = httpx.Client(
+        base_url=setup.lent_url,
+        headers={"X-API-Key": KEY, "content-type": "application/json"},
+        timeout=TIMEOUT_S,
+    )
+    opened = client.post(f"/{setup.docs}/_search?scroll=1m", content=search)
+    assert opened.status_code == 200, opened.text
+    scroll_id = opened.json()["_scroll_id"]
+    tried = lent_refusals(
+        setup,
+        [
+            ("DELETE", "/_search/scroll", b'{"scroll_id":"_all"}'),
+            ("DELETE", "/_search/scroll", b'{"scroll_id":["_all"]}'),
+            ("DELETE", "/_search/scroll", b'{"scroll_id":"\\u005fall"}'),
+            ("DELETE", "/_search/scroll", json.dumps({"scroll_id": [scroll_id, "_all"]}).encode()),
+            ("DELETE", "/_search/scroll?scroll_id=_all", b""),
+            ("DELETE", "/_search/scroll?scroll_id=%5Fall", b""),
+            ("DELETE", "/_search/scroll/_all", b""),
+            ("DELETE", "/_search/scroll", b""),
+            ("DELETE", "/_pit", b'{"id":"_all"}'),
+        ],
+    )
+    # The other client's scroll is still alive: its next page comes back.
+    page = client.post(
+        "/_search/scroll", content=json.dumps({"scroll": "1m", "scroll_id": scroll_id})
+    )
+    assert page.status_code == 200, page.text
+    assert len(page.json()["hits"]["hits"]) == 2
+    # A release of one given id still works.
+    released = client.request(
+        "DELETE", "/_search/scroll", content=json.dumps({"scroll_id": page.json()["_scroll_id"]})
+    )
+    client.close()
+    assert released.status_code == 200 and released.json()["succeeded"] is True, released.text
+    figures.add(
+        "proxy authority: lent, shared identity", "clear-all forms refused", tried, "requests"
+    )
+    figures.add(
+        "proxy authority: lent, shared identity",
+        "other client's scroll alive after them",
+        1,
+        "scrolls",
+    )
+
+
+def test_lent_mode_refuses_msearch_and_parameters_that_reach_past_the_path_rules(
+    setup: Setup, figures: Any
+) -> None:
+    key = {"X-API-Key": KEY}
+    # What the engine itself does with them, as the lent superuser: it reads the secret.
+    direct = setup.admin.get("/_search", params={"index": setup.secret})
+    assert direct.status_code == 200 and direct.json()["hits"]["total"]["value"] == 1
+
+    def nd(*lines: dict[str, Any]) -> bytes:
+        return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+    match = {"query": {"match": {"body": "secret"}}}
+    tried = lent_refusals(
+        setup,
+        [
+            ("POST", "/_msearch", nd({"index": ".security-7"}, match)),
+            ("POST", "/_msearch", nd({"index": [setup.docs, ".security*"]}, match)),
+            ("POST", "/_msearch", nd({"index": "_all"}, match)),
+            ("POST", "/_msearch", nd({"index": "*", "expand_wildcards": "all"}, match)),
+            ("POST", f"/{setup.docs}/_msearch", nd({}, {}, {"index": ".security-7"}, match)),
+            (
+                "POST",
+                "/_msearch",
+                b'{"index":"%s","index":".security-7"}\n{}\n' % setup.docs.encode(),
+            ),
+            ("POST", "/_msearch", b"\n" + nd({"index": ".security-7"}, match)),
+            ("POST", "/_msearch", b"not ndjson"),
+            ("GET", f"/_search?index={setup.secret}", b""),
+            ("GET", f"/_count?index={setup.secret}", b""),
+            ("POST", f"/_msearch?index={setup.secret}", nd({}, match)),
+            ("GET", "/*/_search?expand_wildcards=all", b""),
+            ("GET", "/*/_search?expand_wildcards=open,hidden", b""),
+        ],
+    )
+    answer = raw_request(
+        setup.lent_url, "POST", "/_msearch", headers=key, body=nd({"index": setup.docs}, match)
+    )
+    assert answer.status == 200, answer.body
+    assert answer.json()["responses"][0]["hits"]["total"]["value"] == 0
+    figures.add(
+        "proxy authority: lent, index reach", "msearch/parameter forms refused", tried, "requests"
+    )
+
+
+def test_lent_mode_refuses_error_traces(setup: Setup, figures: Any) -> None:
+    bad = b'{"query":{"no_such_query":{}}}'
+    tried = lent_refusals(
+        setup,
+        [
+            ("POST", f"/{setup.docs}/_search?error_trace=true", bad),
+            ("POST", f"/{setup.docs}/_search?error_trace", bad),
+            ("GET", f"/{setup.docs}/_count?error_trace=true", b""),
+        ],
+    )
+    plain = raw_request(
+        setup.lent_url, "POST", f"/{setup.docs}/_search", headers={"X-API-Key": KEY}, body=bad
+    )
+    assert plain.status == 400 and b"stack_trace" not in plain.body
+    figures.add(
+        "proxy authority: lent, error traces", "error_trace requests refused", tried, "requests"
+    )

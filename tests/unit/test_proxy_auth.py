@@ -25,9 +25,12 @@ from secondpass.service import auth
 from secondpass.service.proxy import RerankProxy
 from secondpass.service.proxy_access import (
     DEFAULT_ALLOWED_REQUESTS,
+    MAX_RELEASE_BODY_BYTES,
     AllowList,
     Refusal,
     canonical_segments,
+    check_msearch,
+    check_release,
     origin_form,
 )
 from secondpass.service.proxy_settings import ProxySettings
@@ -591,3 +594,282 @@ def test_the_documented_lending_config_loads() -> None:
     settings = ProxySettings(**tomllib.loads(lending))
     assert settings.lend_credentials and settings.client_api_key_file
     assert settings.allowed_requests[-1] == "GET,HEAD /"
+
+
+# ------------------------------------------- lent credentials: shared identity
+
+SCROLL_ID = "FGluY2x1ZGVfY29udGV4dF91dWlkDXF1ZXJ5QW5kRmV0Y2gBFkRxcWtBSkhnU0VtQ2hmZHpqdjZtZ1EAAAAAAAAABhZaT2F5N2w4cA=="
+PIT_ID = "46ToAwMDaWR5BXV1aWQyKwZub2RlXzMAAAAAAAAAACoBYwADaWR4BXV1aWQxAgZub2RlXzEAAAAAAAAAAAEBYQADaWR5BXV1aWQyKgZub2RlXzIAAAAAAAAAAAwBYgACBXV1aWQyAAAFdXVpZDEAAQltYXRjaF9hbGw_gAAAAA=="
+JSON = "application/json"
+
+RELEASE_REFUSED = [
+    # clear-all, however spelled: body, list, case, whitespace, escapes, other keys
+    (b"/_search/scroll", b"", JSON, b'{"scroll_id":"_all"}'),
+    (b"/_search/scroll", b"", JSON, b'{"scroll_id":["_all"]}'),
+    (b"/_search/scroll", b"", JSON, b'{"scroll_id":["%s","_all"]}' % SCROLL_ID.encode()),
+    (b"/_search/scroll", b"", JSON, b'{"scroll_id":"_ALL"}'),
+    (b"/_search/scroll", b"", JSON, b'{"scroll_id":" _all "}'),
+    (b"/_search/scroll", b"", JSON, b'{"scroll_id":"\\u005fall"}'),
+    (b"/_search/scroll", b"", JSON, b'{"scroll_id":"%s,_all"}' % SCROLL_ID.encode()),
+    (b"/_search/scroll", b"", JSON, b'{"scroll_id":"*"}'),
+    (b"/_search/scroll", b"", JSON, b'{"scroll_id":""}'),
+    (b"/_search/scroll", b"", JSON, b'{"scroll_id":[]}'),
+    (b"/_search/scroll", b"", JSON, b'{"scroll_id":[["_all"]]}'),
+    (b"/_search/scroll", b"", JSON, b'{"scroll_id":{"id":"_all"}}'),
+    (b"/_search/scroll", b"", JSON, b'{"scroll_id":null}'),
+    (b"/_search/scroll", b"", JSON, b'{"scroll_id":NaN}'),
+    (b"/_search/scroll", b"", JSON, b'{"scroll_id":"%s","scroll_id":"_all"}' % SCROLL_ID.encode()),
+    (b"/_search/scroll", b"", JSON, b'{"scroll_id":"%s","id":"_all"}' % SCROLL_ID.encode()),
+    (b"/_search/scroll", b"", JSON, b'{"scroll_id":"%s"} {"scroll_id":"_all"}' % SCROLL_ID.encode()),
+    (b"/_search/scroll", b"", JSON, b'["_all"]'),
+    (b"/_search/scroll", b"", JSON, b'{' * 5000),
+    (b"/_search/scroll", b"", "application/yaml", b"scroll_id: _all"),
+    (b"/_search/scroll", b"", "application/cbor", b'{"scroll_id":"%s"}' % SCROLL_ID.encode()),
+    (b"/_search/scroll", b"", JSON, b"_all"),
+    (b"/_search/scroll", b"", None, b""),  # names nothing
+    # the other places the engines read ids from: parameters, path segments
+    (b"/_search/scroll", b"scroll_id=_all", None, b""),
+    (b"/_search/scroll", b"scroll_id=%5Fall", None, b""),
+    (b"/_search/scroll", b"Scroll_Id=_all", None, b""),
+    (b"/_search/scroll", b"scroll_id=_all", JSON, b'{"scroll_id":"%s"}' % SCROLL_ID.encode()),
+    (b"/_search/scroll", b"x=1&scroll_id=" + SCROLL_ID.encode() + b",_all", None, b""),
+    (b"/_search/scroll/_all", b"", None, b""),
+    (b"/_search/scroll/_ALL", b"", None, b""),
+    (b"/_search/scroll/%s,_all" % SCROLL_ID.encode(), b"", None, b""),
+    # points in time: Elasticsearch (/_pit, "id") and OpenSearch (point_in_time, "pit_id")
+    (b"/_pit", b"", JSON, b'{"id":"_all"}'),
+    (b"/_pit", b"", JSON, b'{"id":["_all"]}'),
+    (b"/_pit", b"", JSON, b'{"pit_id":"%s"}' % PIT_ID.encode()),
+    (b"/_pit", b"", JSON, b"{}"),
+    (b"/_search/point_in_time/_all", b"", None, b""),
+    (b"/_search/point_in_time", b"", JSON, b'{"pit_id":["_all"]}'),
+    (b"/_search/point_in_time", b"", JSON, b'{"pit_id":"*"}'),
+    (b"/_search/point_in_time", b"pit_id=_all", None, b""),
+]  # fmt: skip
+
+RELEASE_ALLOWED = [
+    (b"/_search/scroll", b"", JSON, b'{"scroll_id":"%s"}' % SCROLL_ID.encode()),
+    (b"/_search/scroll", b"", "application/json; charset=UTF-8", b' {"scroll_id" : ["%s"]}\n' % SCROLL_ID.encode()),
+    (b"/_search/scroll", b"", JSON, b'{"scroll_id":["%s","%s"]}' % (SCROLL_ID.encode(), SCROLL_ID[::-1].encode())),
+    (b"/_search/scroll", b"scroll_id=" + SCROLL_ID.encode(), None, b""),
+    (b"/_search/scroll/" + SCROLL_ID[:-2].encode(), b"", None, b""),
+    (b"/_pit", b"", "application/vnd.elasticsearch+json; compatible-with=8", b'{"id":"%s"}' % PIT_ID.encode()),
+    (b"/_search/point_in_time", b"", JSON, b'{"pit_id":["%s"]}' % PIT_ID.encode()),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "query", "content_type", "body"), RELEASE_REFUSED)
+def test_a_release_of_anything_but_given_ids_is_refused(
+    path: bytes, query: bytes, content_type: str | None, body: bytes
+) -> None:
+    verdict = check_release(path, query, content_type, body)
+    assert isinstance(verdict, Refusal) and verdict.status == 403
+
+
+@pytest.mark.parametrize(("path", "query", "content_type", "body"), RELEASE_ALLOWED)
+def test_a_release_of_given_ids_passes(
+    path: bytes, query: bytes, content_type: str | None, body: bytes
+) -> None:
+    assert check_release(path, query, content_type, body) is None
+
+
+def ndjson(*lines: str) -> bytes:
+    return "".join(line + "\n" for line in lines).encode()
+
+
+MSEARCH_REFUSED = [
+    ndjson('{"index":".security"}', "{}"),
+    ndjson('{"index":"docs"}', "{}", '{"index":".security-7"}', "{}"),
+    ndjson('{"index":"docs,.security"}', "{}"),
+    ndjson('{"index":["docs",".security"]}', "{}"),
+    ndjson('{"index":"\\u002esecurity"}', "{}"),
+    ndjson('{"index":"_all"}', "{}"),
+    ndjson('{"index":"-docs"}', "{}"),
+    ndjson('{"index":"+docs"}', "{}"),
+    ndjson('{"index":"remote:docs"}', "{}"),
+    ndjson('{"index":"<logs-{now/d}>"}', "{}"),
+    ndjson('{"index":"Docs"}', "{}"),
+    ndjson('{"index":" docs"}', "{}"),
+    ndjson('{"index":""}', "{}"),
+    ndjson('{"index":[]}', "{}"),
+    ndjson('{"index":["docs",["x"]]}', "{}"),
+    ndjson('{"index":{"name":"docs"}}', "{}"),
+    ndjson('{"index":7}', "{}"),
+    ndjson('{"indices":".security"}', "{}"),
+    ndjson('{"index":"docs","index":".security"}', "{}"),
+    ndjson('{"index":"docs"} {"index":".security"}', "{}"),
+    ndjson('{"index":"docs"}', "{}", '{"index":"docs"}'),  # odd line count
+    ndjson("", '{"index":".security"}', "{}", "{}"),  # a blank line shifts the pairing
+    ndjson('{"index":"docs"}', "  ", '{"index":".security"}', "{}"),
+    ndjson('{"index":"*","expand_wildcards":"all"}', "{}"),
+    ndjson('{"index":"*","expand_wildcards":"open,hidden"}', "{}"),
+    ndjson('{"index":"*","expand_wildcards":["open","all"]}', "{}"),
+    ndjson('{"index":"*","expandWildcards":"all"}', "{}"),
+    ndjson('{"index":"*","expand_wildcards":"ALL"}', "{}"),
+    ndjson('{"index":"*","expand_wildcards":""}', "{}"),
+    ndjson('{"index":"*","expand_wildcards":true}', "{}"),
+    ndjson('{"index":"docs","pit":{"id":"x"}}', "{}"),  # keys the engines do not take
+    ndjson('{"index":"docs","Index":".security"}', "{}"),
+    ndjson("[]", "{}"),
+    ndjson('"docs"', "{}"),
+    ndjson("not json", "{}"),
+    ndjson('{"index":NaN}', "{}"),
+    ndjson('{"routing":' + "[" * 5000 + "]" * 5000 + "}", "{}"),
+    b"",
+]  # fmt: skip
+
+MSEARCH_ALLOWED = [
+    ndjson("{}", '{"query":{"match_all":{}}}'),
+    ndjson('{"index":"docs"}', "{}", '{"index":"logs-2024.01*,docs"}', '{"size":1}'),
+    ndjson('{"index":["docs","logs-*"],"expand_wildcards":"open,closed"}', "{}"),
+    ndjson('{"index":"docs","expand_wildcards":["none"],"ignore_unavailable":true}', "{}"),
+    ndjson('{"index":"docs","search_type":"dfs_query_then_fetch","preference":"_local","routing":"a"}', "{}"),
+    ndjson('{"index" : "docs"}\r', "{}\r"),
+    b'{"index":"docs"}\n{}',  # no final newline
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("body", MSEARCH_REFUSED)
+def test_msearch_headers_that_reach_past_the_path_rules_are_refused(body: bytes) -> None:
+    verdict = check_msearch("application/x-ndjson", body)
+    assert isinstance(verdict, Refusal) and verdict.status == 403
+
+
+@pytest.mark.parametrize("body", MSEARCH_ALLOWED)
+def test_msearch_headers_within_the_path_rules_pass(body: bytes) -> None:
+    assert check_msearch("application/x-ndjson", body) is None
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/smile", "application/cbor", "application/yaml", "text/html"]
+)
+def test_msearch_in_another_body_format_is_refused(content_type: str) -> None:
+    verdict = check_msearch(content_type, ndjson('{"index":"docs"}', "{}"))
+    assert isinstance(verdict, Refusal)
+
+
+def lent_proxy(recorder: Recorder) -> RerankProxy:
+    return make_proxy(recorder, client_api_keys=[KEY], **LENT)
+
+
+KEYED = (b"x-api-key", KEY.encode())
+NDJSON = (b"content-type", b"application/x-ndjson")
+
+
+@pytest.mark.parametrize(
+    ("query", "body", "headers"),
+    [(b"", b'{"scroll_id":"_all"}', [(b"content-type", b"application/json")]),
+     (b"scroll_id=_all", b"", []),
+     (b"", b'{"scroll_id":"_all"}', [(b"content-type", b"application/json"), (b"content-encoding", b"br")]),
+     (b"", b'{"scroll_id":"' + b"A" * MAX_RELEASE_BODY_BYTES + b'"}', [(b"content-type", b"application/json")]),
+     (b"source=%7B%22scroll_id%22%3A%22_all%22%7D&source_content_type=application/json", b"", [])],
+    ids=["body", "param", "unknown-encoding", "too-large", "source-param"],
+)  # fmt: skip
+async def test_lent_mode_refuses_clearing_every_scroll_and_forwards_nothing(
+    query: bytes, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    recorder = Recorder()
+    proxy = lent_proxy(recorder)
+    status, down, answer = await call(
+        proxy, "DELETE", b"/_search/scroll", headers=[KEYED, *headers], query=query, body=body
+    )
+    assert_engine_error(status, down, answer, 403)
+    assert recorder.requests == []
+
+
+async def test_lent_mode_releases_one_given_scroll_and_pit_gzipped_or_not() -> None:
+    import gzip
+
+    recorder = Recorder()
+    proxy = lent_proxy(recorder)
+    body = b'{"scroll_id":"%s"}' % SCROLL_ID.encode()
+    status, _, _ = await call(proxy, "DELETE", b"/_search/scroll", body=body,
+                              headers=[KEYED, (b"content-type", b"application/json")])  # fmt: skip
+    assert status == 200
+    status, _, _ = await call(proxy, "DELETE", b"/_pit", body=gzip.compress(b'{"id":"%s"}' % PIT_ID.encode()),
+                              headers=[KEYED, (b"content-type", b"application/json"), (b"content-encoding", b"gzip")])  # fmt: skip
+    assert status == 200
+    first, second = recorder.requests
+    assert first.content == body and first.headers["authorization"] == PROXY_BASIC
+    assert gzip.decompress(second.content) == b'{"id":"%s"}' % PIT_ID.encode()
+
+
+async def test_without_lending_a_release_goes_up_unread() -> None:
+    recorder = Recorder()
+    proxy = make_proxy(recorder, client_api_keys=[KEY])
+    status, _, _ = await call(proxy, "DELETE", b"/_search/scroll", headers=[KEYED],
+                              body=b'{"scroll_id":"_all"}')  # fmt: skip
+    assert status == 200 and recorder.requests[0].content == b'{"scroll_id":"_all"}'
+
+
+@pytest.mark.parametrize("opt_out", [False, True], ids=["reranked", "opted-out"])
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [([NDJSON], ndjson('{"index":".security"}', '{"query":{"match":{"body":"x"}}}')),
+     ([NDJSON], ndjson('{"index":"*","expand_wildcards":"all"}', "{}")),
+     ([NDJSON], b"\xff\xfe not ndjson"),
+     ([(b"content-type", b"application/smile")], ndjson('{"index":"docs"}', "{}")),
+     ([NDJSON, (b"content-encoding", b"br")], b"compressed?"),
+     ([NDJSON], ndjson('{"index":"docs"}', '{"size":1}') * 100_000)],
+    ids=["system-index", "expand-all", "unreadable", "smile", "unknown-encoding", "too-large"],
+)  # fmt: skip
+async def test_lent_mode_refuses_msearch_it_cannot_check_or_that_reaches_past_the_path_rules(
+    headers: list[tuple[bytes, bytes]], body: bytes, opt_out: bool
+) -> None:
+    recorder = Recorder()
+    proxy = lent_proxy(recorder)
+    if opt_out:
+        headers = [*headers, (b"x-secondpass-rerank", b"off")]
+    status, down, answer = await call(proxy, "POST", b"/docs/_msearch", headers=[KEYED, *headers],
+                                      body=body)  # fmt: skip
+    assert_engine_error(status, down, answer, 403)
+    assert recorder.requests == []
+
+
+async def test_lent_mode_still_reranks_a_checked_msearch() -> None:
+    recorder = Recorder()
+    search = Recorder().answer(httpx.Request("POST", "http://x/docs/_search")).json()
+    recorder.answer = lambda request: httpx.Response(200, json={"responses": [search]})  # type: ignore[method-assign]
+    proxy = lent_proxy(recorder)
+    body = ndjson('{"index":"docs"}', '{"query":{"match":{"body":"x"}},"size":3}')
+    status, down, answer = await call(
+        proxy, "POST", b"/_msearch", headers=[KEYED, NDJSON], body=body
+    )
+    assert status == 200 and down[b"x-secondpass-rerank"] == b"ok", answer
+    assert [h["_id"] for h in json.loads(answer)["responses"][0]["hits"]["hits"]] == ["4", "3", "2"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [b"error_trace=true", b"error_trace", b"ERROR_TRACE=1", b"error%5Ftrace=true", b"q=x&error_trace=false",
+     b"errorTrace=true", b"expand_wildcards=all", b"expand_wildcards=open,hidden", b"expand_wildcards=open%2Call",
+     b"expand_wildcards=ALL", b"expandWildcards=all", b"expand_wildcards=open&expand_wildcards=all",
+     b"index=.security", b"index=docs", b"INDEX=secret", b"source=%7B%7D", b"source_content_type=application/json"],
+)  # fmt: skip
+async def test_lent_mode_refuses_stack_traces_wildcards_into_hidden_indices_and_query_indices(
+    query: bytes,
+) -> None:
+    recorder = Recorder()
+    proxy = lent_proxy(recorder)
+    for method, path in [
+        ("POST", b"/docs/_search"),
+        ("GET", b"/*/_search"),
+        ("POST", b"/_msearch"),
+    ]:
+        status, down, answer = await call(proxy, method, path, headers=[KEYED], query=query)
+        assert_engine_error(status, down, answer, 403)
+    assert recorder.requests == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    [b"expand_wildcards=open", b"expand_wildcards=open,closed", b"expand_wildcards=none",
+     b"ignore_unavailable=true&allow_no_indices=false", b"_source=false&_source_includes=body",
+     b"q=body:x&filter_path=hits.hits._id"],
+)  # fmt: skip
+async def test_lent_mode_keeps_ordinary_search_parameters(query: bytes) -> None:
+    recorder = Recorder()
+    proxy = lent_proxy(recorder)
+    status, _, answer = await call(proxy, "GET", b"/*/_search", headers=[KEYED], query=query)
+    assert status == 200, answer
+    assert len(recorder.requests) == 1

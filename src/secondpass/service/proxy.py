@@ -212,6 +212,7 @@ class RerankProxy:
         # Refuses credentials without lend_credentials before anything is served.
         self._gate = settings.access_gate()
         self._auth = _configured_auth(settings)
+        self._lends = self._gate is not None and self._gate.allow is not None
         self.limits = HttpLimits.from_settings(settings)
         self._guarded = AnsweredConnectionGuard(self._gate_and_route)
         self._bounded = BoundedInputMiddleware(
@@ -310,7 +311,47 @@ class RerankProxy:
             if match:
                 await self._msearch(incoming, _path_index(match), send)
                 return
+        if self._lends and access.releases(incoming.method, path):
+            await self._release(incoming, send)
+            return
         await self._pass_through(incoming, send)
+
+    async def _release(self, incoming: _Incoming, send: Send) -> None:
+        """Lent credentials: a scroll/PIT release passes only when it names given ids.
+
+        All clients share the lent identity, so ``_all`` would end every client's
+        scrolls; the (small) body is read and checked before anything goes up.
+        """
+        body = await self._checked_body(incoming, send, access.MAX_RELEASE_BODY_BYTES)
+        if body is None:
+            return
+        refusal = access.check_release(
+            incoming.raw_path, incoming.query, incoming.header(b"content-type"), body[1]
+        )
+        if refusal is not None:
+            logger.info("refused %s: %s", incoming.method, refusal.reason)
+            await _refuse(send, refusal)
+            return
+        await self._pass_through(incoming, send, body=body[0])
+
+    async def _checked_body(
+        self, incoming: _Incoming, send: Send, limit: int
+    ) -> tuple[bytes, bytes] | None:
+        """(raw, decoded) body up to ``limit`` bytes to check; ``None`` once refused (403)."""
+        try:
+            raw = await self._read_body(incoming, limit=limit)
+            decoded = decompress(
+                raw, incoming.header(b"content-encoding") or "identity", limits=self.limits
+            )
+        except _BodyTooLarge:
+            reason = f"a body over {limit} bytes cannot be checked by this proxy"
+        except UnsupportedEncodingError:
+            reason = "a body in this content-encoding cannot be checked by this proxy"
+        else:
+            return raw, decoded
+        logger.info("refused %s: %s", incoming.method, reason)
+        await _refuse(send, access.Refusal(403, f"{reason} (lent credentials)"))
+        return None
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -526,21 +567,34 @@ class RerankProxy:
     async def _msearch(self, incoming: _Incoming, index: str | None, send: Send) -> None:
         started = time.perf_counter()
         params = rules.split_query(incoming.query)
+        checked: bytes | None = None
+        if self._lends:
+            # Header lines name indices: with lent credentials every one is checked
+            # first, and a body that cannot be read is refused, never passed through.
+            checked = await self._checked_msearch(incoming, send)
+            if checked is None:
+                return
         if rules.opted_out(params, incoming.header(STATUS_HEADER.encode())):
-            await self._pass_through(
-                incoming, send, status=rules.status_header("skipped", "disabled by the client")
-            )
-            return
-        try:
-            raw_body = await self._read_body(incoming)
-        except _BodyTooLarge as exc:
             await self._pass_through(
                 incoming,
                 send,
-                head=exc.head,
-                status=rules.status_header("skipped", "search body too large to read"),
+                body=checked,
+                status=rules.status_header("skipped", "disabled by the client"),
             )
             return
+        if checked is not None:
+            raw_body = checked
+        else:
+            try:
+                raw_body = await self._read_body(incoming)
+            except _BodyTooLarge as exc:
+                await self._pass_through(
+                    incoming,
+                    send,
+                    head=exc.head,
+                    status=rules.status_header("skipped", "search body too large to read"),
+                )
+                return
         data = self._decoded(incoming, raw_body, _NDJSON_TYPES, params)
         parsed = rules.parse_msearch(data) if data is not None else None
         if parsed is None:
@@ -618,6 +672,18 @@ class RerankProxy:
         rerank_ms = max(o.rerank_ms for o in outcomes)  # the searches rerank concurrently
         headers.append(_server_timing(upstream_ms, rerank_ms, started))
         await _send_answer(send, _Answer(200, headers, _dump(final)))
+
+    async def _checked_msearch(self, incoming: _Incoming, send: Send) -> bytes | None:
+        """The raw ``_msearch`` body once :func:`~.proxy_access.check_msearch` passed it."""
+        body = await self._checked_body(incoming, send, self.settings.max_search_body_bytes)
+        if body is None:
+            return None
+        refusal = access.check_msearch(incoming.header(b"content-type"), body[1])
+        if refusal is not None:
+            logger.info("refused %s: %s", incoming.method, refusal.reason)
+            await _refuse(send, refusal)
+            return None
+        return body[0]
 
     async def _msearch_item(
         self, item: Any, plan: rules.SearchPlan | rules.Skip, texts: rules.RequestTexts
@@ -713,7 +779,7 @@ class RerankProxy:
             headers.append((b"content-type", content_type))
         return headers
 
-    async def _read_body(self, incoming: _Incoming) -> bytes:
+    async def _read_body(self, incoming: _Incoming, *, limit: int | None = None) -> bytes:
         """The whole search body, counted as it arrives whatever its framing.
 
         A body declared larger than ``max_search_body_bytes`` is not read; one
@@ -721,7 +787,7 @@ class RerankProxy:
         passes through unread (:class:`_BodyTooLarge`), as the engine would take it.
         """
         declared = incoming.header(b"content-length")
-        limit = self.settings.max_search_body_bytes
+        limit = self.settings.max_search_body_bytes if limit is None else limit
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _BodyTooLarge
         chunks = []

@@ -37,13 +37,17 @@ from secondpass.service.auth import ApiKeys, presented_key
 
 __all__ = [
     "DEFAULT_ALLOWED_REQUESTS",
+    "MAX_RELEASE_BODY_BYTES",
     "AccessGate",
     "AllowList",
     "Admitted",
     "Refusal",
+    "check_msearch",
+    "check_release",
     "error_body",
     "origin_form",
     "parse_rule",
+    "releases",
 ]
 
 DEFAULT_ALLOWED_REQUESTS: tuple[str, ...] = (
@@ -83,6 +87,43 @@ _IMPERSONATION = frozenset(
 _CLIENT_IDENTITY = frozenset({b"authorization", b"x-api-key", b"cookie"})
 _OVERRIDE_PARAMS = frozenset({b"_method", b"method"})
 _MAX_SEGMENTS = 16
+# Query parameters refused with lent credentials, by lower-cased name. ``index`` is
+# the engines' path parameter: in a query string it names indices that no path
+# check ever saw (``/_search?index=secret``). ``source`` carries a whole request
+# body in the URL, past every body check. ``error_trace`` returns stack traces.
+_LENT_REFUSED_PARAMS = {
+    "index": "the index parameter is refused by this proxy; name indices in the path",
+    "source": "the source parameter (a body in the URL) is refused by this proxy; send a body",
+    "source_content_type": "the source parameter (a body in the URL) is refused by this proxy",
+    "error_trace": "error_trace is refused by this proxy (stack traces of the lent identity)",
+    "errortrace": "error_trace is refused by this proxy (stack traces of the lent identity)",
+}
+_EXPAND_WILDCARDS = frozenset({"expand_wildcards", "expandwildcards"})
+_EXPAND_WILDCARDS_KEYS = frozenset({"expand_wildcards", "expandWildcards"})
+# Hidden and system indices ("hidden", "all") stay out of reach of wildcards.
+_WILDCARD_STATES = frozenset({"open", "closed", "none"})
+# The keys the engines accept in an _msearch header line (they reject any other).
+_MSEARCH_INDEX_KEYS = frozenset({"index", "indices"})
+_MSEARCH_HEADER_KEYS = _MSEARCH_INDEX_KEYS | {
+    "type", "types", "search_type", "searchType", "ccs_minimize_roundtrips",
+    "ccsMinimizeRoundtrips", "request_cache", "requestCache", "preference", "routing",
+    "allow_partial_search_results", "allowPartialSearchResults", "expand_wildcards",
+    "expandWildcards", "ignore_unavailable", "ignoreUnavailable", "allow_no_indices",
+    "allowNoIndices", "ignore_throttled", "ignoreThrottled",
+}  # fmt: skip
+_JSON_MEDIA = ("application/json", "application/vnd.elasticsearch+json")
+_NDJSON_MEDIA = (*_JSON_MEDIA, "application/x-ndjson", "application/vnd.elasticsearch+x-ndjson")
+# DELETE on these paths releases scrolls / points in time; the body key naming the ids.
+_RELEASES = {
+    ("_search", "scroll"): "scroll_id",
+    ("_pit",): "id",
+    ("_search", "point_in_time"): "pit_id",
+}
+_RELEASE_ID_PARAMS = frozenset({"scroll_id", "id", "pit_id"})
+# Scroll and PIT ids are base64: no ',', no whitespace, no '*'.
+_RELEASE_ID = re.compile(r"^[A-Za-z0-9+/=_\-]+$")
+MAX_RELEASE_BODY_BYTES = 64 * 1024
+"""The largest scroll/PIT release body the proxy reads and checks with lent credentials."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -254,11 +295,196 @@ class AccessGate:
             return Refusal(403, "method override headers and parameters are refused by this proxy")
         if names & _IMPERSONATION:
             return Refusal(403, "run-as and impersonation headers are refused by this proxy")
+        refusal = _lent_query_refusal(query)
+        if refusal is not None:
+            return refusal
         path = self.allow.check(method, raw_path)
         if isinstance(path, Refusal):
             return path
         kept = [(k, v) for k, v in forwarded if k.lower() not in _CLIENT_IDENTITY]
         return Admitted(path, kept, client)
+
+
+def releases(method: str, path: bytes) -> bool:
+    """Whether a (canonical) request releases scrolls or points in time (``DELETE``).
+
+    With lent credentials every client shares one identity, so a release of
+    ``_all`` would end every other client's scrolls: :func:`check_release` looks.
+    """
+    segments = canonical_segments(path)
+    if method != "DELETE" or isinstance(segments, str):
+        return False
+    return any(tuple(segments[: len(base)]) == base for base in _RELEASES)
+
+
+def check_release(
+    path: bytes, query: bytes, content_type: str | None, body: bytes
+) -> Refusal | None:
+    """``None`` when a release names only given ids, else the 403 to answer.
+
+    Every place an engine reads ids from is looked at (a path segment, the
+    ``scroll_id``/``id``/``pit_id`` parameters, the JSON body) and each id must
+    be one base64 id: ``_all``, lists with ``_all``, commas, wildcards, another
+    body format, duplicate keys or an unreadable body are refused, as is a
+    release that names nothing. ``body`` is the decoded body, at most
+    :data:`MAX_RELEASE_BODY_BYTES`.
+
+    Example:
+        >>> check_release(b"/_search/scroll", b"", "application/json", b'{"scroll_id":"_all"}').status
+        403
+        >>> check_release(b"/_pit", b"", "application/json", b'{"id":"46ToAwMDaWR5"}') is None
+        True
+    """
+    segments = canonical_segments(path)
+    if isinstance(segments, str):
+        return Refusal(403, f"DELETE {_shown(path)}: {segments}; refused by this proxy")
+    base = next((b for b in _RELEASES if tuple(segments[: len(b)]) == b), None)
+    if base is None:
+        return None
+    ids: list[object] = []
+    for segment in segments[len(base) :]:
+        ids += segment.split(",")
+    for key, value in _params(query):
+        if key.lower() in _RELEASE_ID_PARAMS:
+            ids += value.split(",")
+    if body.strip():
+        if not _media_type(content_type, _JSON_MEDIA):
+            return _release_refusal("its body is not application/json")
+        data = _strict_json(body)
+        if not isinstance(data, dict) or set(data) - {_RELEASES[base]}:
+            return _release_refusal(f"its body must be a JSON object with only {_RELEASES[base]!r}")
+        named = data.get(_RELEASES[base])
+        ids += named if isinstance(named, list) else [named]
+    if not ids:
+        return _release_refusal("it names no id")
+    for one in ids:
+        if not isinstance(one, str) or not _RELEASE_ID.match(one) or one.lower() == "_all":
+            return _release_refusal("every id must be one given id (not _all, a list or a pattern)")
+    return None
+
+
+def check_msearch(content_type: str | None, data: bytes) -> Refusal | None:
+    r"""``None`` when every ``_msearch`` header reaches only what a path may, else the 403.
+
+    ``data`` is the decoded body. Lines are split on ``\n`` as the engines do;
+    blank lines (which the engines skip or pair differently), an odd number of
+    lines, a header that is not one JSON object, duplicate keys and keys the
+    engines do not know are refused, so this and the engine cannot pair headers
+    and bodies differently. ``index``/``indices`` must pass the path's index rule
+    (no ``_``, ``.``, ``-``, ``+`` prefixes, no remote clusters, not empty), and
+    ``expand_wildcards`` may only be ``open``, ``closed`` or ``none``.
+
+    Example:
+        >>> check_msearch("application/x-ndjson", b'{"index":"docs"}\n{}\n') is None
+        True
+        >>> check_msearch("application/x-ndjson", b'{"index":".security"}\n{}\n').status
+        403
+    """
+    if not _media_type(content_type, _NDJSON_MEDIA):
+        return _msearch_refusal("its body is not NDJSON")
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    if not lines or len(lines) % 2 or any(not line.strip() for line in lines):
+        return _msearch_refusal("it is not pairs of non-blank header and body lines")
+    for number, line in enumerate(lines[0::2], start=1):
+        header = _strict_json(line)
+        if not isinstance(header, dict):
+            return _msearch_refusal(f"header {number} is not one JSON object")
+        unknown = set(header) - _MSEARCH_HEADER_KEYS
+        if unknown:
+            return _msearch_refusal(f"header {number} has keys the engines do not take")
+        for key in _MSEARCH_INDEX_KEYS & set(header):
+            names = _strings(header[key])
+            if not names or not all(_is_index_expression(n) for n in names):
+                return _msearch_refusal(
+                    f"header {number} names an index a path may not (_, ., -, + or empty)"
+                )
+        for key in _EXPAND_WILDCARDS_KEYS & set(header):
+            names = _strings(header[key])
+            if names is None or not _wildcard_states_ok(names):
+                return _msearch_refusal(
+                    f"header {number}: expand_wildcards may only be open, closed or none"
+                )
+    return None
+
+
+def _msearch_refusal(why: str) -> Refusal:
+    return Refusal(403, f"_msearch refused by this proxy with lent credentials: {why}")
+
+
+def _release_refusal(why: str) -> Refusal:
+    return Refusal(
+        403, f"releasing scrolls or points in time refused by this proxy (shared identity): {why}"
+    )
+
+
+def _strings(value: object) -> list[str] | None:
+    """A string or a list of strings as a list; ``None`` for anything else."""
+    values = value if isinstance(value, list) else [value]
+    out = [v for v in values if isinstance(v, str)]
+    return out if len(out) == len(values) else None
+
+
+def _wildcard_states_ok(values: Iterable[str]) -> bool:
+    parts = [p for v in values for p in v.split(",")]
+    return bool(parts) and all(p in _WILDCARD_STATES for p in parts)
+
+
+def _strict_json(data: bytes) -> object:
+    """One JSON value, or ``None`` (not JSON, duplicate keys, NaN, nesting too deep)."""
+
+    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
+        keys = [k for k, _ in items]
+        if len(set(keys)) != len(keys):
+            msg = "duplicate key"
+            raise ValueError(msg)
+        return dict(items)
+
+    def constant(name: str) -> object:
+        msg = f"{name} is not JSON"
+        raise ValueError(msg)
+
+    try:
+        return json.loads(data, object_pairs_hook=pairs, parse_constant=constant)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _media_type(content_type: str | None, accepted: tuple[str, ...]) -> bool:
+    """An absent type counts as JSON (the proxy reads it so; the engines refuse it)."""
+    if content_type is None:
+        return True
+    media = content_type.split(";")[0].strip().lower()
+    return media in accepted or media == "text/plain"
+
+
+def _params(query: bytes) -> list[tuple[str, str]]:
+    """The decoded (name, value) pairs of a query string, every repeat kept."""
+    out = []
+    for pair in query.split(b"&"):
+        if not pair:
+            continue
+        key, _, value = pair.partition(b"=")
+        out.append(
+            (
+                unquote_to_bytes(key.replace(b"+", b" ")).decode("utf-8", "replace").strip(),
+                unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8", "replace"),
+            )
+        )
+    return out
+
+
+def _lent_query_refusal(query: bytes) -> Refusal | None:
+    for key, value in _params(query):
+        name = key.lower()
+        if name in _LENT_REFUSED_PARAMS:
+            return Refusal(403, _LENT_REFUSED_PARAMS[name])
+        if name in _EXPAND_WILDCARDS and not _wildcard_states_ok([value]):
+            return Refusal(
+                403, "expand_wildcards may only be open, closed or none through this proxy"
+            )
+    return None
 
 
 def _has_param(query: bytes, names: frozenset[bytes]) -> bool:
