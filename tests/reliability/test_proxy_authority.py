@@ -463,3 +463,41 @@ def test_lent_mode_refuses_error_traces(setup: Setup, figures: Any) -> None:
     figures.add(
         "proxy authority: lent, error traces", "error_trace requests refused", tried, "requests"
     )
+
+
+def test_lent_mode_refuses_queries_that_read_another_index(setup: Setup, figures: Any) -> None:
+    lookup = {"index": setup.secret, "id": "1", "path": "body"}
+    terms = {"query": {"terms": {"body": lookup}}}
+    # The engine itself, as the lent superuser, runs the lookup: the secret document's
+    # text becomes the filter, so the attack is real.
+    direct = setup.admin.post(f"/{setup.docs}/_search", json=terms)
+    assert direct.status_code == 200, direct.text
+
+    def body(value: dict[str, Any]) -> bytes:
+        return json.dumps(value).encode()
+
+    mlt = {"more_like_this": {"fields": ["body"], "like": [{"_index": setup.secret, "_id": "1"}],
+                              "min_term_freq": 1, "min_doc_freq": 1}}  # fmt: skip
+    nd = body({"index": setup.docs}) + b"\n" + body(terms) + b"\n"
+    tried = lent_refusals(
+        setup,
+        [
+            ("POST", f"/{setup.docs}/_search", body(terms)),
+            ("POST", f"/{setup.docs}/_search", body({"query": {"bool": {"filter": [terms["query"]]}}})),
+            ("POST", f"/{setup.docs}/_search", body({"post_filter": terms["query"]})),
+            ("POST", f"/{setup.docs}/_search", body({"query": mlt})),
+            ("POST", f"/{setup.docs}/_count", body(terms)),
+            ("POST", f"/{setup.docs}/_search", body({"query": {"wrapper": {"query": "e30="}}})),
+            ("POST", "/_msearch", nd),
+        ],
+    )
+    plain = httpx.post(
+        f"{setup.lent_url}/{setup.docs}/_search",
+        headers={"X-API-Key": KEY, "content-type": "application/json"},
+        content=body({"query": {"bool": {"must": [{"match": {"body": "cat"}}],
+                                         "filter": [{"terms": {"body": ["cat", "tuna"]}}]}}}),
+        timeout=TIMEOUT_S,
+    )
+    assert plain.status_code == 200 and plain.json()["hits"]["total"]["value"] > 0, plain.text
+    assert plain.headers["x-secondpass-rerank"] == "ok"
+    figures.add("proxy authority: lent, cross-index queries", "forms refused", tried, "requests")

@@ -29,6 +29,7 @@ from secondpass.service.proxy_access import (
     AllowList,
     Refusal,
     canonical_segments,
+    check_body_references,
     check_msearch,
     check_release,
     origin_form,
@@ -873,3 +874,83 @@ async def test_lent_mode_keeps_ordinary_search_parameters(query: bytes) -> None:
     status, _, answer = await call(proxy, "GET", b"/*/_search", headers=[KEYED], query=query)
     assert status == 200, answer
     assert len(recorder.requests) == 1
+
+
+LOOKUP = {"index": "secret", "id": "1", "path": "token"}
+FOREIGN_BODIES = [
+    {"query": {"terms": {"title": LOOKUP}}},
+    {"query": {"bool": {"filter": [{"terms": {"title": LOOKUP}}]}}},
+    {"query": {"constant_score": {"filter": {"bool": {"should": [{"terms": {"t": LOOKUP}}]}}}}},
+    {"post_filter": {"terms": {"title": LOOKUP}}},
+    {"query": {"terms": {"title": {"INDEX": "secret", "ID": "1", "path": "token"}}}},
+    {"query": {"more_like_this": {"fields": ["t"], "like": [{"_index": "secret", "_id": "1"}]}}},
+    {"query": {"pinned": {"docs": [{"_index": "secret", "_id": "1"}], "organic": {"match_all": {}}}}},
+    {"query": {"geo_shape": {"loc": {"indexed_shape": {"index": "shapes", "id": "1", "path": "s"}}}}},
+    {"query": {"percolate": {"field": "q", "index": "secret", "id": "1"}}},
+    {"query": {"wrapper": {"query": "eyJ0ZXJtcyI6e319"}}},
+    {"query": {"Wrapper": {"query": "eyJ0ZXJtcyI6e319"}}},
+    {"knn": {"field": "v", "query_vector": [1.0], "k": 1, "filter": {"terms": {"t": LOOKUP}}}},
+    {"aggs": {"a": {"filter": {"terms": {"t": LOOKUP}}}}},
+    {"query": {"nested": {"path": "n", "query": {"terms": {"n.t": LOOKUP}}}}},
+]
+SAFE_BODIES = [
+    {"query": {"terms": {"title": ["a", "b"]}}},
+    {"query": {"term": {"_index": "docs"}}},
+    {"query": {"ids": {"values": ["1", "2"]}}},
+    {"query": {"match": {"body": "index id"}}, "size": 3, "_source": ["title"]},
+    {"query": {"bool": {"must": [{"match": {"index": "x"}}], "filter": [{"term": {"id": 1}}]}}},
+    {},
+]
+
+
+@pytest.mark.parametrize("body", FOREIGN_BODIES)
+def test_bodies_reading_another_index_are_refused(body: dict[str, Any]) -> None:
+    verdict = check_body_references(json.dumps(body).encode())
+    assert isinstance(verdict, Refusal) and verdict.status == 403
+    lines = ndjson('{"index":"docs"}', "{}", '{"index":"docs"}', json.dumps(body))
+    assert isinstance(check_body_references(lines, ndjson=True), Refusal)
+
+
+@pytest.mark.parametrize("body", SAFE_BODIES)
+def test_bodies_within_their_index_pass(body: dict[str, Any]) -> None:
+    assert check_body_references(json.dumps(body).encode()) is None
+
+
+def test_unreadable_and_absurdly_deep_bodies_are_refused() -> None:
+    assert isinstance(check_body_references(b"{not json"), Refusal)
+    assert isinstance(check_body_references(b'{"a":1,"a":2}'), Refusal)  # duplicate keys
+    assert isinstance(check_body_references(b'{"q":' * 400 + b"1" + b"}" * 400), Refusal)
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [(b"/docs/_search", b"application/json"), (b"/_search", b"application/json"),
+     (b"/docs/_count", b"application/json"), (b"/docs/_msearch", b"application/x-ndjson")],
+)  # fmt: skip
+@pytest.mark.parametrize("gzipped", [False, True])
+async def test_lent_mode_refuses_cross_index_lookups_and_forwards_nothing(
+    path: bytes, content_type: bytes, gzipped: bool
+) -> None:
+    import gzip
+
+    recorder = Recorder()
+    proxy = lent_proxy(recorder)
+    query = json.dumps({"query": {"terms": {"title": LOOKUP}}})
+    body = ndjson('{"index":"docs"}', query) if b"_msearch" in path else query.encode()
+    headers = [KEYED, (b"content-type", content_type)]
+    if gzipped:
+        body = gzip.compress(body)
+        headers.append((b"content-encoding", b"gzip"))
+    status, down, answer = await call(proxy, "POST", path, headers=headers, body=body)
+    assert_engine_error(status, down, answer, 403)
+    assert recorder.requests == []
+
+
+async def test_lent_mode_forwards_a_checked_count_body_unchanged() -> None:
+    recorder = Recorder()
+    proxy = lent_proxy(recorder)
+    body = b'{"query":{"terms":{"title":["a","b"]}}}'
+    status, _, answer = await call(proxy, "POST", b"/docs/_count", body=body,
+                                   headers=[KEYED, (b"content-type", b"application/json")])  # fmt: skip
+    assert status == 200, answer
+    assert recorder.requests[0].content == body

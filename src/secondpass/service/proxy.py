@@ -302,6 +302,12 @@ class RerankProxy:
             receive=receive,
         )
         path = incoming.raw_path
+        if self._lends and access.releases(incoming.method, path):
+            await self._release(incoming, send)
+            return
+        if self._lends and _has_body(incoming.headers):
+            if not await self._check_references(incoming, send):
+                return
         if incoming.method in _READ_METHODS:
             match = _SEARCH_PATH.match(path)
             if match:
@@ -311,9 +317,6 @@ class RerankProxy:
             if match:
                 await self._msearch(incoming, _path_index(match), send)
                 return
-        if self._lends and access.releases(incoming.method, path):
-            await self._release(incoming, send)
-            return
         await self._pass_through(incoming, send)
 
     async def _release(self, incoming: _Incoming, send: Send) -> None:
@@ -333,6 +336,26 @@ class RerankProxy:
             await _refuse(send, refusal)
             return
         await self._pass_through(incoming, send, body=body[0])
+
+    async def _check_references(self, incoming: _Incoming, send: Send) -> bool:
+        """Lent credentials: refuse a body whose queries read another index's documents.
+
+        Every allowed path with a body (search, msearch, count, opening a point
+        in time) is read up to ``max_search_body_bytes`` and checked with
+        :func:`~.proxy_access.check_body_references`; the request then goes on
+        with the same bytes replayed, as if unread. ``False`` once refused.
+        """
+        body = await self._checked_body(incoming, send, self.settings.max_search_body_bytes)
+        if body is None:
+            return False
+        ndjson = _MSEARCH_PATH.match(incoming.raw_path) is not None
+        refusal = access.check_body_references(body[1], ndjson=ndjson)
+        if refusal is not None:
+            logger.info("refused %s: %s", incoming.method, refusal.reason)
+            await _refuse(send, refusal)
+            return False
+        incoming.receive = _replay(body[0], incoming.receive)
+        return True
 
     async def _checked_body(
         self, incoming: _Incoming, send: Send, limit: int
@@ -897,6 +920,20 @@ async def _prebuffer(receive: Receive, head: bytes) -> tuple[bytes, bool]:
         if not message.get("more_body", False):
             return b"".join(chunks), True
     return b"".join(chunks), False
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives ``body`` (already read) first, then the client's messages."""
+    pending = True
+
+    async def replay() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 async def _stream_body(receive: Receive, head: bytes = b"") -> AsyncIterator[bytes]:

@@ -38,6 +38,7 @@ from secondpass.service.auth import ApiKeys, presented_key
 __all__ = [
     "DEFAULT_ALLOWED_REQUESTS",
     "MAX_RELEASE_BODY_BYTES",
+    "check_body_references",
     "AccessGate",
     "AllowList",
     "Admitted",
@@ -406,6 +407,75 @@ def check_msearch(content_type: str | None, data: bytes) -> Refusal | None:
                 return _msearch_refusal(
                     f"header {number}: expand_wildcards may only be open, closed or none"
                 )
+    return None
+
+
+# Keys whose clause reads a document or a shape of another index, or hides the
+# query from this check (``wrapper`` is base64 DSL).
+_FOREIGN_CLAUSES = frozenset({"wrapper", "indexed_shape", "percolate"})
+_INDEX_KEYS = frozenset({"index", "_index"})
+_ID_KEYS = frozenset({"id", "_id"})
+_MAX_BODY_DEPTH = 256
+
+
+def check_body_references(data: bytes, *, ndjson: bool = False) -> Refusal | None:
+    r"""``None`` when no query in the body reads a document of another index, else the 403.
+
+    With lent credentials every client acts as the proxy, so a search on an
+    allowed index must not fetch a document from any other one: a ``terms``
+    lookup (``{"index": ..., "id": ..., "path": ...}``), ``more_like_this`` or
+    ``pinned`` documents (``{"_index": ..., "_id": ...}``), an indexed
+    ``geo_shape`` or a ``percolate`` of a stored document each name an index and
+    an id, and ``wrapper`` hides its query in base64. Any object that names an
+    index together with a document id, and any of those clause names, is refused,
+    wherever it stands. ``ndjson`` checks the body lines of an ``_msearch``
+    (header lines are :func:`check_msearch`'s). A body that is not JSON is
+    refused: what cannot be read cannot be checked.
+
+    Example:
+        >>> lookup = b'{"query":{"terms":{"t":{"index":"secret","id":"1","path":"p"}}}}'
+        >>> check_body_references(lookup).status
+        403
+        >>> check_body_references(b'{"query":{"terms":{"t":["a","b"]}}}') is None
+        True
+    """
+    if not data.strip():
+        return None
+    documents = data.split(b"\n")[1::2] if ndjson else [data]
+    for document in documents:
+        if not document.strip():
+            continue
+        value = _strict_json(document)
+        if value is None:
+            return Refusal(403, "a body that is not plain JSON cannot be checked by this proxy")
+        found = _foreign_reference(value)
+        if found is not None:
+            return Refusal(
+                403,
+                f"{found}: a query that reads another index's documents is refused by this "
+                "proxy with lent credentials",
+            )
+    return None
+
+
+def _foreign_reference(value: object) -> str | None:
+    """The key path of the first cross-index reference in ``value``, or ``None``."""
+    stack: list[tuple[object, str, int]] = [(value, "", 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > _MAX_BODY_DEPTH:
+            return path or "body"
+        if isinstance(node, dict):
+            keys = {str(k).lower() for k in node}
+            if keys & _INDEX_KEYS and keys & _ID_KEYS:
+                return path or "body"
+            for key, child in node.items():
+                here = f"{path}.{key}" if path else str(key)
+                if str(key).lower() in _FOREIGN_CLAUSES:
+                    return here
+                stack.append((child, here, depth + 1))
+        elif isinstance(node, list):
+            stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(node))
     return None
 
 
