@@ -233,3 +233,48 @@ def test_refusing_an_already_answered_request_logs_no_traceback(
             r.getMessage() + (str(r.exc_info) if r.exc_info else "") for r in caplog.records
         )
     assert "Traceback" not in text and "Exception in ASGI application" not in text, text[-2000:]
+
+
+@pytest.mark.parametrize("target", ["service", "proxy"])
+@pytest.mark.parametrize(
+    "head",
+    [
+        # answered at once (401 without a key, or the open probe) with the body unread
+        b"POST /docs/_search HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: 1000000000\r\n\r\n",
+        b"GET /livez HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n",
+        b"GET /livez HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
+    ],
+    ids=["huge-length-401", "probe-with-body", "probe-chunked"],
+)
+def test_an_unread_body_trickling_after_the_answer_does_not_keep_the_connection(
+    request: pytest.FixtureRequest, target: str, head: bytes, figures: Figures
+) -> None:
+    value = request.getfixturevalue(target)
+    url = value.url if isinstance(value, ServiceProcess) else value
+    trickle = b"1\r\n \r\n" * 40 if b"chunked" in head else b" " * 40
+    with _connect(_port(url)) as sock:
+        sock.sendall(head)
+        took, said = _closed_after(sock, trickle)
+    figures.add(f"unread body after the answer ({target})", "closed after", took, "s")
+    assert said.startswith(b"HTTP/1.1 "), said[:80]  # it was answered first
+    assert took < HEAD_S + 3.0, took
+
+
+@pytest.mark.parametrize("target", ["service", "proxy"])
+def test_websocket_upgrades_are_plain_requests_never_500(
+    request: pytest.FixtureRequest, target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    value = request.getfixturevalue(target)
+    url = value.url if isinstance(value, ServiceProcess) else value
+    upgrade = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+    }
+    with caplog.at_level(logging.INFO):
+        for path in ("/docs/_search", "/livez", "/v1/rerank"):
+            answer = httpx.get(f"{url}{path}", headers=upgrade, timeout=10)
+            assert answer.status_code < 500, (path, answer.status_code, answer.text)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -892,6 +892,13 @@ FOREIGN_BODIES = [
     {"knn": {"field": "v", "query_vector": [1.0], "k": 1, "filter": {"terms": {"t": LOOKUP}}}},
     {"aggs": {"a": {"filter": {"terms": {"t": LOOKUP}}}}},
     {"query": {"nested": {"path": "n", "query": {"terms": {"n.t": LOOKUP}}}}},
+    {"runtime_mappings": {"leak": {"type": "lookup", "target_index": ".hsecret", "input_field": "ref",
+                                   "target_field": "_id", "fetch_fields": ["secret"]}},
+     "fields": ["leak"], "query": {"match": {"text": "cats"}}},
+    {"runtime_mappings": {"x": {"type": "lookup", "TARGET_INDEX": "s*", "input_field": "r",
+                                "target_field": "_id", "fetch_fields": [{"field": "*"}]}}},
+    {"suggest": {"s": {"text": "x", "phrase": {"field": "t", "collate": {
+        "query": {"source": '{"terms":{"t":{"index":"secret","id":"1","path":"p"}}}'}}}}}},
 ]
 SAFE_BODIES = [
     {"query": {"terms": {"title": ["a", "b"]}}},

@@ -192,7 +192,13 @@ class HttpLimits:
         head timeout and the connection cap (uvicorn has neither).
         """
         protocol = type("BoundLimitedH11Protocol", (LimitedH11Protocol,), {"limits": self})
-        return {"http": protocol, "h11_max_incomplete_event_size": self.max_header_bytes}
+        # No WebSockets: neither application serves one, and an upgrade the app does
+        # not complete is a 500 plus an ERROR line in uvicorn, per request.
+        return {
+            "http": protocol,
+            "ws": "none",
+            "h11_max_incomplete_event_size": self.max_header_bytes,
+        }
 
 
 class LimitedH11Protocol(H11Protocol):
@@ -203,7 +209,9 @@ class LimitedH11Protocol(H11Protocol):
       connection opening (or of the previous response): uvicorn otherwise keeps
       a connection that sends nothing, or one header line now and then, open
       forever, and enough of them exhaust the process's file descriptors.
-      Unlike the keep-alive timer, this one is not reset by arriving bytes.
+      Unlike the keep-alive timer, this one is not reset by arriving bytes, and
+      it also runs after an answer sent before the request body was read (the
+      connection is closed when it fires while that body still trickles in).
     - At most ``max_client_connections`` connections are open at once; one more
       is answered ``503`` and closed before it costs anything.
     """
@@ -223,9 +231,13 @@ class LimitedH11Protocol(H11Protocol):
         self._arm_head_timer()
 
     def data_received(self, data: bytes) -> None:
-        """Feed h11; the head clock stops once a whole request head has arrived."""
+        """Feed h11; the clock stops once a request head has arrived and is being answered."""
         super().data_received(data)
-        if self._head_timer is not None and self.conn.their_state is not h11.IDLE:
+        if (
+            self._head_timer is not None
+            and self.conn.their_state is not h11.IDLE
+            and self.conn.our_state is not h11.DONE
+        ):
             self._head_timer.cancel()
             self._head_timer = None
 
@@ -251,9 +263,14 @@ class LimitedH11Protocol(H11Protocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+        if self.transport.is_closing():
             return
-        self._close_with(408, "Request Timeout", "the request head did not arrive in time")
+        if self.conn.their_state is h11.IDLE:
+            self._close_with(408, "Request Timeout", "the request head did not arrive in time")
+        elif self.conn.our_state is h11.DONE:
+            # Answered (a 401, a probe) while the client still sends a body nobody will
+            # read: without this, one byte now and then kept the connection forever.
+            self.transport.close()
 
     def _close_with(self, status: int, phrase: str, text: str) -> None:
         body = text.encode("ascii")

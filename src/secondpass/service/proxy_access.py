@@ -412,7 +412,15 @@ def check_msearch(content_type: str | None, data: bytes) -> Refusal | None:
 
 # Keys whose clause reads a document or a shape of another index, or hides the
 # query from this check (``wrapper`` is base64 DSL).
-_FOREIGN_CLAUSES = frozenset({"wrapper", "indexed_shape", "percolate"})
+_FOREIGN_CLAUSES = frozenset(
+    {
+        "wrapper",  # base64 DSL: nothing inside can be checked
+        "indexed_shape",  # a geo_shape stored in another index
+        "percolate",  # with index/id: a stored document
+        "target_index",  # a runtime field of type lookup joins another index's fields
+        "collate",  # phrase-suggest collate: a templated query in a JSON string
+    }
+)
 _INDEX_KEYS = frozenset({"index", "_index"})
 _ID_KEYS = frozenset({"id", "_id"})
 _MAX_BODY_DEPTH = 256
@@ -426,7 +434,9 @@ def check_body_references(data: bytes, *, ndjson: bool = False) -> Refusal | Non
     lookup (``{"index": ..., "id": ..., "path": ...}``), ``more_like_this`` or
     ``pinned`` documents (``{"_index": ..., "_id": ...}``), an indexed
     ``geo_shape`` or a ``percolate`` of a stored document each name an index and
-    an id, and ``wrapper`` hides its query in base64. Any object that names an
+    an id; a runtime field of type ``lookup`` (``target_index``) joins another
+    index's fields into every hit; ``wrapper`` hides its query in base64 and a
+    suggester's ``collate`` in a template string. Any object that names an
     index together with a document id, and any of those clause names, is refused,
     wherever it stands. ``ndjson`` checks the body lines of an ``_msearch``
     (header lines are :func:`check_msearch`'s). A body that is not JSON is
