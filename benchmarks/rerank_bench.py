@@ -1,7 +1,7 @@
 """Rerank speed: SecondPass's scorer against a plain ``CrossEncoder.predict`` (prints, asserts exactness only).
 
 Workload: 20 queries x 100 passages of 60-250 words (SciFact claims and
-abstracts from /work/shared/data/scifact when present, else a seeded
+abstracts from ../shared/data/scifact (beside the repository; SECONDPASS_SCIFACT_DIR overrides) when present, else a seeded
 generator), scored by a cross-encoder of the exact shape of
 ``cross-encoder/ms-marco-MiniLM-L-6-v2`` (BERT, 6 layers, hidden 384, one
 label) built from the packaged all-MiniLM-L6-v2 encoder plus a seeded head.
@@ -54,7 +54,12 @@ from tests.support.models import build_minilm_cross_encoder  # noqa: E402
 from secondpass.pipeline.scorer import CrossEncoderScorer  # noqa: E402
 from secondpass.types import PassageScore  # noqa: E402
 
-SCIFACT = Path("/work/shared/data/scifact")
+SCIFACT = Path(
+    os.environ.get(
+        "SECONDPASS_SCIFACT_DIR",
+        str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"),
+    )
+)  # ../shared beside the repository
 
 
 def scifact_workload(

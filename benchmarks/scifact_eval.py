@@ -29,7 +29,7 @@ PUBLISHED = {"bm25": 0.665}  # BEIR, Table 2 (BM25 on SciFact test, nDCG@10)
 def run() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engine", choices=("opensearch", "elasticsearch"), default="opensearch")
-    parser.add_argument("--dataset", type=Path, default=Path(os.environ.get("SECONDPASS_SCIFACT_DIR", "/work/shared/data/scifact")))
+    parser.add_argument("--dataset", type=Path, default=Path(os.environ.get("SECONDPASS_SCIFACT_DIR", str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"))))
     parser.add_argument("--pipeline", action="append", dest="pipelines")
     parser.add_argument("--out", type=Path, default=Path("reports/scifact-eval"))
     parser.add_argument("--node-dir", type=Path, default=None, help="persistent node directory")

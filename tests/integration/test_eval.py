@@ -18,7 +18,9 @@ import pytest
 from secondpass.cli import main
 from secondpass.datasets import load_beir
 
-SCIFACT = Path(os.environ.get("SECONDPASS_SCIFACT_DIR", "/work/shared/data/scifact"))
+# ../shared beside the repository (as CI lays it), unless SECONDPASS_SCIFACT_DIR says otherwise.
+SHARED_SCIFACT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "scifact"
+SCIFACT = Path(os.environ.get("SECONDPASS_SCIFACT_DIR", str(SHARED_SCIFACT)))
 PUBLISHED_BM25_NDCG10 = 0.665  # BEIR (Thakur et al. 2021), Table 2, SciFact, BM25
 
 pytestmark = pytest.mark.integration

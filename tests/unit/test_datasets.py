@@ -11,7 +11,9 @@ import pytest
 from secondpass.datasets import iter_corpus, load_beir, load_qrels
 from secondpass.errors import ConfigurationError
 
-SCIFACT = Path(os.environ.get("SECONDPASS_SCIFACT_DIR", "/work/shared/data/scifact"))
+# ../shared beside the repository (as CI lays it), unless SECONDPASS_SCIFACT_DIR says otherwise.
+SHARED_SCIFACT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "scifact"
+SCIFACT = Path(os.environ.get("SECONDPASS_SCIFACT_DIR", str(SHARED_SCIFACT)))
 
 
 def _write(root: Path, *, corpus: list[dict] | None = None, queries: list[dict] | None = None,
