@@ -455,15 +455,8 @@ class RerankProxy:
                 incoming, send, status=rules.status_header("skipped", "disabled by the client")
             )
             return
-        try:
-            raw_body = await self._read_body(incoming)
-        except _BodyTooLarge as exc:
-            await self._pass_through(
-                incoming,
-                send,
-                head=exc.head,
-                status=rules.status_header("skipped", "search body too large to read"),
-            )
+        raw_body = await self._read_search_body(incoming, send)
+        if raw_body is None:
             return
         body_or_reason = self._decode_search(incoming, raw_body, params)
         if isinstance(body_or_reason, str):
@@ -605,19 +598,9 @@ class RerankProxy:
                 status=rules.status_header("skipped", "disabled by the client"),
             )
             return
-        if checked is not None:
-            raw_body = checked
-        else:
-            try:
-                raw_body = await self._read_body(incoming)
-            except _BodyTooLarge as exc:
-                await self._pass_through(
-                    incoming,
-                    send,
-                    head=exc.head,
-                    status=rules.status_header("skipped", "search body too large to read"),
-                )
-                return
+        raw_body = checked if checked is not None else await self._read_search_body(incoming, send)
+        if raw_body is None:
+            return
         data = self._decoded(incoming, raw_body, _NDJSON_TYPES, params)
         parsed = rules.parse_msearch(data) if data is not None else None
         if parsed is None:
@@ -788,6 +771,19 @@ class RerankProxy:
             out = [(k, v) for k, v in out if k.lower() != b"authorization"]
             out.append((b"authorization", self._auth))
         return out
+
+    async def _read_search_body(self, incoming: _Incoming, send: Send) -> bytes | None:
+        """The search body, or ``None`` once a body too large to read was passed through."""
+        try:
+            return await self._read_body(incoming)
+        except _BodyTooLarge as exc:
+            await self._pass_through(
+                incoming,
+                send,
+                head=exc.head,
+                status=rules.status_header("skipped", "search body too large to read"),
+            )
+            return None
 
     def _rewritten_headers(
         self, incoming: _Incoming, content_type: bytes
