@@ -25,6 +25,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -33,6 +34,7 @@ from tests.fixtures.service import ServiceProcess
 from tests.reliability.conftest import Figures
 from tests.reliability.test_bounded_input import (  # noqa: F401 - fixtures
     IDLE_S,
+    POOL,
     TOTAL_S,
     proxy_index,
     target_proxy,
@@ -266,6 +268,7 @@ def test_malformed_http_never_gets_a_5xx_from_the_proxy(
     paths = [f"/{index}/_search", "/_msearch", f"/{index}/_doc/1", "/_cluster/health"]
     statuses = fuzz(port, paths, figures, "proxy")
     assert statuses[400] > 0 and sum(statuses.values()) > COUNT // 3, statuses
+    assert statuses[405] > 0, statuses  # CONNECT, TRACE and unknown methods: answered, not forwarded
     # The test pool holds 4 upstream connections (pool timeout 1 s): a fuzzed request still
     # in flight when the fuzz ends may hold one until its body timeout (TOTAL_S) cuts it.
     started = time.perf_counter()
@@ -278,3 +281,47 @@ def test_malformed_http_never_gets_a_5xx_from_the_proxy(
     assert status == 200
     for record in caplog.records:
         assert record.exc_info is None, record.getMessage()
+
+
+# Shapes after which the client leaves at once: uvicorn pauses reading on a pipelined
+# request or an upgrade offer, so the leave is seen late, often while the engine's
+# answer is being closed; a plain request shut at once is the common case.
+LEAVERS = {
+    "pipelined": b"POST /_cluster/health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    b"GET /_cluster/health HTTP/1.1\r\nHost: x\r\n\r\n",
+    "h2c upgrade offer": b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n"
+    b"Connection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    "websocket offer": b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    "plain, shut at once": b"GET /_cluster/health HTTP/1.1\r\nHost: x\r\n\r\n",
+    "search, shut at once": b"POST /{index}/_search HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+}
+
+
+def test_clients_that_leave_never_keep_an_upstream_connection(
+    request: pytest.FixtureRequest, figures: Figures
+) -> None:
+    """After hundreds of clients that left mid-answer, every pooled connection is free.
+
+    The check is the pool's whole capacity at once: as many requests as the test
+    pool has connections (4), each holding its connection upstream for longer than
+    the pool timeout (1 s). One connection lost to an abandoned answer makes one of
+    them wait past the pool timeout: a 503.
+    """
+    url, port = request.getfixturevalue("target_proxy")
+    index = request.getfixturevalue("proxy_index")
+    rounds = 40
+    for _ in range(rounds):
+        for data in LEAVERS.values():
+            exchange(port, data.replace(b"{index}", index.encode()), deadline_s=TOTAL_S + IDLE_S + 5)
+    hold = f"{url}/_cluster/health?wait_for_nodes=99&timeout=1500ms"
+    with ThreadPoolExecutor(POOL) as pool:
+        statuses = list(pool.map(lambda _: httpx.get(hold, timeout=10).status_code, range(POOL)))
+    figures.add(
+        "clients that left mid-answer (proxy)",
+        f"{rounds * len(LEAVERS)} left, then {POOL} held requests: 5xx",
+        sum(s >= 500 for s in statuses),
+        "",
+    )
+    # The engine answers a wait it could not satisfy with 408; the proxy relays it.
+    assert statuses == [408] * POOL, statuses

@@ -8,6 +8,7 @@ Elasticsearch are in tests/reliability/test_proxy_authority.py.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import json
@@ -30,9 +31,11 @@ from secondpass.service.proxy_access import (
     Refusal,
     canonical_segments,
     check_body_references,
+    check_method,
     check_msearch,
     check_release,
     origin_form,
+    refusal_headers,
 )
 from secondpass.service.proxy_settings import ProxySettings
 from secondpass.types import PassageScore
@@ -135,13 +138,18 @@ async def call(
 
     async def receive() -> dict[str, Any]:
         nonlocal delivered
-        if delivered:
+        if delivered:  # the client stays until its answer is complete, as over a socket
+            await answered.wait()
             return {"type": "http.disconnect"}
         delivered = True
         return {"type": "http.request", "body": body, "more_body": False}
 
+    answered = asyncio.Event()
+
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            answered.set()
 
     await proxy(scope, receive, send)
     start = sent[0]
@@ -379,6 +387,23 @@ def test_origin_form(target: bytes, path: bytes | None) -> None:
     assert origin_form(target) == path
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+def test_the_engines_methods_are_forwarded(method: str) -> None:
+    assert check_method(method) is None
+
+
+@pytest.mark.parametrize(
+    "method", ["CONNECT", "TRACE", "PROPFIND", "BREW", "get", "Post", "X" * 300, "G\x00T", "\u00e9"]
+)
+def test_other_methods_are_answered_405_naming_the_method_and_the_allowed_ones(method: str) -> None:
+    refusal = check_method(method)
+    assert refusal is not None and refusal.status == 405
+    assert method[:16].encode("ascii", "backslashreplace").decode() in refusal.reason
+    assert len(refusal.reason) < 80  # a 300-byte method is not echoed whole
+    allow = dict(refusal_headers(refusal))[b"allow"]
+    assert allow == b"DELETE,GET,HEAD,OPTIONS,PATCH,POST,PUT"
+
+
 def test_segments_keep_an_encoded_comma_inside_one_segment() -> None:
     assert canonical_segments(b"/a%2Cb/_search/") == ("a,b", "_search")
 
@@ -485,7 +510,8 @@ async def test_lent_mode_refuses_with_403_and_forwards_nothing(method: str, path
     recorder = Recorder()
     proxy = make_proxy(recorder, client_api_keys=[KEY], **LENT)
     status, down, body = await call(proxy, method, path, headers=[(b"x-api-key", KEY.encode())])
-    assert_engine_error(status, down, body, 403 if path.startswith(b"/") else 400)
+    expected = 403 if path.startswith(b"/") else 400
+    assert_engine_error(status, down, body, 405 if check_method(method) else expected)
     assert recorder.requests == []
 
 
@@ -541,7 +567,10 @@ async def test_odd_request_targets_get_400_never_500(
     recorder = Recorder()
     proxy = make_proxy(recorder, **settings)
     status, down, body = await call(proxy, method, target, headers=[(b"x-api-key", KEY.encode())])
-    assert "request target" in assert_engine_error(status, down, body, 400)
+    if method == "CONNECT":  # the method is refused first: never forwarded, never a tunnel
+        assert "CONNECT" in assert_engine_error(status, down, body, 405)
+    else:
+        assert "request target" in assert_engine_error(status, down, body, 400)
     assert recorder.requests == []
 
 

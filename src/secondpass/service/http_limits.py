@@ -31,7 +31,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import re
@@ -40,6 +39,7 @@ import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import anyio
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -692,29 +692,28 @@ class _BodyReader:
 
 
 async def _cancel_on_disconnect(work: Awaitable[None], body: _BodyReader) -> None:
-    """Run ``work``; once the body is in, a client that disconnects cancels it."""
-    task = asyncio.ensure_future(work)
-    waiters: set[asyncio.Future[Any]] = set()
-    try:
-        finished = asyncio.ensure_future(body.finished.wait())
-        waiters.add(finished)
-        await asyncio.wait({task, finished}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            gone = asyncio.ensure_future(body.after_body())
-            waiters.add(gone)
-            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if not task.done() and not body.answered:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                return
-        await task
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-        if not task.done():
-            task.cancel()
-        body.close()
+    """Run ``work``; once the body is in, a client that disconnects cancels it.
+
+    The cancellation goes through an anyio cancel scope, not ``Task.cancel()``:
+    httpcore returns a pooled connection inside an anyio *shielded* scope, which
+    a scope cancellation respects and a native one does not. A native cancel that
+    landed while a finished upstream answer was being closed left its connection
+    marked active for good; a few such clients emptied the proxy's upstream pool.
+    """
+    with anyio.CancelScope() as scope:
+
+        async def watch() -> None:
+            await body.finished.wait()
+            await body.after_body()
+            if not body.answered:
+                scope.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await work
+        finally:
+            watcher.cancel()
+            body.close()
 
 
 # ----------------------------------------------------------------------------- logging

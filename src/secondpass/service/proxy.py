@@ -259,7 +259,8 @@ class RerankProxy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Gate one ASGI connection, then route it under the input limits.
 
-        A target without a path (``OPTIONS *``, authority-form) is answered 400
+        A method the engines do not serve (CONNECT, TRACE, unknown) is answered
+        405 and a target without a path (``OPTIONS *``, authority-form) 400
         here; an absolute-form target keeps only its path. With client keys or
         lent credentials the access gate decides first, before a byte of the body
         is read (401/403, never forwarded), and an admitted request goes on with
@@ -273,6 +274,10 @@ class RerankProxy:
         await self._guarded(scope, receive, send)
 
     async def _gate_and_route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        wrong_method = access.check_method(scope["method"])
+        if wrong_method is not None:
+            await _refuse(send, wrong_method)
+            return
         target = scope.get("raw_path") or scope["path"].encode("utf-8")
         path = access.origin_form(target.split(b"?", 1)[0])
         if path is None:

@@ -70,6 +70,14 @@ INDEX = "{index}"
 """The placeholder of a rule segment that matches one index expression."""
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+FORWARDED_METHODS = _METHODS
+"""The only methods the proxy forwards, in any mode: the ones the engines serve.
+
+CONNECT and Upgrade turn a connection into a tunnel and TRACE echoes the request
+(credentials included); a method the engines do not know gets nothing from them.
+Each of them, forwarded, held an upstream connection that no answer or timeout
+would free, so the proxy answers them itself (405) in every mode.
+"""
 _LITERAL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 # One part of a comma-separated index expression: lowercase names and wildcards only.
 # No leading "_" (_all, _doc...), "." (system and hidden indices), "-"/"+" (pattern
@@ -129,7 +137,7 @@ MAX_RELEASE_BODY_BYTES = 64 * 1024
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Refusal:
-    """A request the proxy answers itself: ``status`` (400, 401 or 403) and why."""
+    """A request the proxy answers itself: ``status`` (400, 401, 403 or 405) and why."""
 
     status: int
     reason: str
@@ -598,4 +606,14 @@ def refusal_headers(refusal: Refusal) -> list[tuple[bytes, bytes]]:
     headers = [(b"content-type", b"application/json; charset=UTF-8")]
     if refusal.status == 401:  # noqa: PLR2004
         headers.append((b"www-authenticate", WWW_AUTHENTICATE))
+    if refusal.status == 405:  # noqa: PLR2004
+        headers.append((b"allow", ",".join(sorted(FORWARDED_METHODS)).encode()))
     return headers
+
+
+def check_method(method: str) -> Refusal | None:
+    """405 for a method outside :data:`FORWARDED_METHODS` (checked before anything else)."""
+    if method in FORWARDED_METHODS:
+        return None
+    shown = method[:16].encode("ascii", "backslashreplace").decode()
+    return Refusal(405, f"method [{shown}] is not forwarded by this proxy")
