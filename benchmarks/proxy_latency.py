@@ -36,8 +36,7 @@ import httpx
 
 from secondpass.pipeline.cache import LRUScoreCache
 from secondpass.pipeline.models import load_scorer
-from secondpass.service.proxy import BackgroundProxy, RerankProxy
-from secondpass.service.proxy_settings import ProxySettings
+from secondpass.proxy import BackgroundProxy, ProxySettings, RerankProxy
 
 INDEX = "secondpass-bench-proxy"
 

@@ -19,8 +19,8 @@ excluded):
   (d) cached    a second pass of (b) through ``LRUScoreCache`` (keys + lookups, no model)
   extra rows    the other fp32 backends and every fast candidate, with their fidelity
 
-``--backend auto`` (default) is openvino when it is installed, else onnx when
-onnxruntime is, else torch. ONNX exports are cached in a temporary directory,
+``--backend auto`` (default) is what the scorer's ``backend="auto"`` picks on a
+CPU: openvino when it is installed, else onnx when onnxruntime is, else torch. ONNX exports are cached in a temporary directory,
 built before timing starts.
 
     .venv/bin/python benchmarks/rerank_bench.py [--queries 20] [--passages 100] [--backend auto|torch|onnx|openvino]
@@ -127,8 +127,8 @@ def main() -> None:
         for name, module in (("onnx", "onnxruntime"), ("openvino", "openvino"))
     }
     backend = args.backend
-    if backend == "auto":
-        backend = next((name for name in ("openvino", "onnx") if installed[name]), "torch")
+    if backend == "auto":  # the scorer's own rule, resolved without loading a model
+        backend = CrossEncoderScorer(model="unused", device="cpu", backend="auto").backend
 
     rng = random.Random(args.seed)
     source = "scifact" if (SCIFACT / "corpus.jsonl").exists() else "generated"
@@ -156,7 +156,7 @@ def main() -> None:
         baseline = CrossEncoder(str(model_dir), device="cpu")
         # name -> (label, settings); "exact" is (b), the fp32 run of --backend
         fp32 = {
-            "torch": ("torch fp32", {"dtype": "float32"}),
+            "torch": ("torch fp32", {"backend": "torch", "dtype": "float32"}),
             "onnx": (f"onnx fp32, budget {budget}", {"backend": "onnx", **cpu_kwargs}),
             "openvino": (f"openvino fp32, budget {budget}", {"backend": "openvino", **cpu_kwargs}),
         }
@@ -168,7 +168,7 @@ def main() -> None:
                 if name != backend and (name == "torch" or installed[name])
             }
         )
-        plans["bf16"] = ("torch bf16", {"dtype": "bfloat16"})
+        plans["bf16"] = ("torch bf16", {"backend": "torch", "dtype": "bfloat16"})
         if installed["openvino"]:
             plans["ov-bf16"] = (
                 f"openvino bf16, budget {budget}",

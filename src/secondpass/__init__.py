@@ -25,14 +25,18 @@ from secondpass.errors import (
     InvalidIndexNameError,
     MissingDependencyError,
     ModelLoadError,
+    OverloadedError,
     QueryError,
     RefusedQueryError,
     RerankError,
+    ScoringDeadlineError,
+    ScoringUnavailableError,
     SecondPassError,
     ServerStartError,
 )
 from secondpass.pipeline.breaker import CircuitBreaker
 from secondpass.pipeline.cache import LRUScoreCache, NullScoreCache, RedisScoreCache, build_cache
+from secondpass.pipeline.engine import EngineResult, ScoringEngine
 from secondpass.pipeline.first_stage import HybridStage, LexicalStage
 from secondpass.pipeline.fusion import linear_fusion, reciprocal_rank_fusion
 from secondpass.pipeline.passages import PassageTemplate
@@ -59,6 +63,7 @@ __all__ = [
     "ConnectorError",
     "CrossEncoderScorer",
     "DenseEncoder",
+    "EngineResult",
     "Hit",
     "HybridStage",
     "InvalidIndexNameError",
@@ -68,6 +73,7 @@ __all__ = [
     "MissingDependencyError",
     "ModelLoadError",
     "NullScoreCache",
+    "OverloadedError",
     "PassageScore",
     "PassageTemplate",
     "QueryError",
@@ -79,6 +85,9 @@ __all__ = [
     "Retriever",
     "ScoreCache",
     "Scorer",
+    "ScoringDeadlineError",
+    "ScoringEngine",
+    "ScoringUnavailableError",
     "SearchRequest",
     "SearchResult",
     "SecondPassError",

@@ -132,6 +132,10 @@ class RerankSettings(BaseSettings):
     makes that export dynamically int8-quantized (faster, approximate).
     ``backend="openvino"`` (CPU only, extra ``fast``) runs the same export in
     OpenVINO: fp32 by default, ``dtype="bfloat16"`` for the bf16 fast mode.
+    ``backend="auto"`` (the default) picks the fastest *exact* runtime
+    installed: OpenVINO fp32 on a CPU when the ``fast`` extra is there, else
+    ONNX Runtime fp32, else torch; torch whenever the model runs on a GPU
+    (see :meth:`~secondpass.pipeline.scorer.CrossEncoderScorer.backend`).
     """
 
     model_config = SettingsConfigDict(env_prefix="SECONDPASS_RERANK_", extra="forbid")
@@ -150,7 +154,7 @@ class RerankSettings(BaseSettings):
     cache_folder: str | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False
-    backend: Literal["torch", "onnx", "openvino"] = "torch"
+    backend: Literal["auto", "torch", "onnx", "openvino"] = "auto"
     quantize: Literal["int8"] | None = None
     rank_by: Literal["normalized", "raw"] = "normalized"
     min_score: float | None = None

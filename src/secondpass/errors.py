@@ -80,6 +80,41 @@ class CircuitOpenError(RerankError):
         super().__init__(message)
 
 
+class OverloadedError(RerankError):
+    """Scoring was refused before it started: the queue cannot take the work in time.
+
+    Raised at once, before the request costs anything, when the work queued
+    ahead plus the request's own would not finish within its deadline (or the
+    server's maximum queue time), or when the queue's pair bound is reached.
+    ``retry_after_s`` estimates when it would fit (at least 1 s).
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+class ScoringDeadlineError(RerankError):
+    """The deadline passed before the pairs were computed; they were dropped, not scored.
+
+    ``client_deadline`` says whose deadline it was: the caller's own (a client
+    choosing too short a deadline) or the server's queue timeout (load).
+    """
+
+    def __init__(self, message: str, *, client_deadline: bool, retry_after_s: float = 1.0) -> None:
+        self.client_deadline = client_deadline
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+class ScoringUnavailableError(RerankError):
+    """Scoring cannot be accepted now: the batcher is not started or is shutting down."""
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
 class ModelLoadError(RerankError):
     """The model could not be loaded, or loading it would need an unsafe opt-in."""
 

@@ -37,10 +37,15 @@ from typing import Any
 
 from secondpass.datasets import BeirDataset
 from secondpass.errors import ConfigurationError, MissingDependencyError
-from secondpass.pipeline.first_stage import AnyConnector, FirstStage, HybridStage, LexicalStage
+from secondpass.pipeline.first_stage import (
+    AnyConnector,
+    DenseStage,
+    FirstStage,
+    HybridStage,
+    LexicalStage,
+)
 from secondpass.pipeline.protocols import DenseEncoder, Scorer
 from secondpass.pipeline.retriever import Retriever
-from secondpass.types import Hit, KnnQuery, SearchRequest
 
 FIRST_STAGES = ("bm25", "dense", "hybrid")
 PIPELINES = ("bm25", "dense", "hybrid", "bm25+rerank", "hybrid+rerank")
@@ -97,48 +102,6 @@ def parse_pipelines(names: Sequence[str], windows: Sequence[int] = (DEFAULT_DEPT
             specs.append(PipelineSpec(stage))
     unique = list(dict.fromkeys(specs))
     return unique
-
-
-class DenseStage:
-    """kNN-only first stage: embed the query, ask the engine for its nearest vectors."""
-
-    def __init__(
-        self, connector: AnyConnector, encoder: DenseEncoder, vector_field: str, *, num_candidates: int | None = None
-    ) -> None:
-        self.connector = connector
-        self.encoder = encoder
-        self.vector_field = vector_field
-        self.num_candidates = num_candidates
-
-    def _request(self, query: str, size: int) -> SearchRequest:
-        vector = tuple(float(x) for x in self.encoder.encode([query])[0])
-        candidates = max(2 * size, 100) if self.num_candidates is None else max(self.num_candidates, size)
-        knn = KnnQuery(field=self.vector_field, vector=vector, k=size, num_candidates=candidates)
-        return SearchRequest(query=query, size=size, knn=knn)
-
-    def retrieve(
-        self,
-        query: str,
-        *,
-        size: int,
-        filters: Sequence[Mapping[str, Any]] = (),
-        body: Mapping[str, Any] | None = None,
-    ) -> list[Hit]:
-        """Return the ``size`` nearest documents (filters and body are not supported here)."""
-        return list(self.connector.search(self._request(query, size)))  # type: ignore[arg-type]
-
-    async def aretrieve(
-        self,
-        query: str,
-        *,
-        size: int,
-        filters: Sequence[Mapping[str, Any]] = (),
-        body: Mapping[str, Any] | None = None,
-    ) -> list[Hit]:
-        """Asyncio variant; runs the blocking search in a worker thread."""
-        import asyncio
-
-        return await asyncio.to_thread(self.retrieve, query, size=size)
 
 
 def build_stage(

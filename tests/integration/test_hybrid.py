@@ -23,7 +23,7 @@ from secondpass.connectors.elasticsearch import AsyncElasticsearchConnector, Ela
 from secondpass.connectors.opensearch import AsyncOpenSearchConnector, OpenSearchConnector
 from secondpass.pipeline.cache import LRUScoreCache
 from secondpass.pipeline.dense import SentenceTransformerEncoder
-from secondpass.pipeline.first_stage import HybridStage, LexicalStage
+from secondpass.pipeline.first_stage import DenseStage, HybridStage, LexicalStage
 from secondpass.pipeline.retriever import Retriever
 
 pytestmark = pytest.mark.integration
@@ -107,6 +107,22 @@ def test_filters_apply_to_both_sides(hybrid_index: tuple[str, str, str], encoder
         stage = HybridStage(connector, encoder, vector_field="embedding")
         fused = stage.retrieve(QUERY, size=10, filters=[{"term": {"lang": "de"}}])
     assert [h.id for h in fused] == ["katzen"]
+
+
+def test_dense_stage_filters_inside_the_knn_search(
+    hybrid_index: tuple[str, str, str], encoder: SentenceTransformerEncoder
+) -> None:
+    name, url, index = hybrid_index
+    with _connector(name, url, index) as connector:
+        stage = DenseStage(connector, encoder, vector_field="embedding")
+        [nearest] = stage.retrieve(QUERY, size=1)
+        far = stage.retrieve(QUERY, size=1, filters=[{"ids": {"values": ["paris"]}}])
+        german = stage.retrieve(QUERY, size=5, filters=[{"term": {"lang": "de"}}])
+        english = stage.retrieve(QUERY, size=5, filters=[{"term": {"lang": "en"}}])
+    # Filtering the top 1 afterwards would leave nothing: the engine filtered during the search.
+    assert nearest.id != "paris" and [h.id for h in far] == ["paris"]
+    assert [h.id for h in german] == ["katzen"]
+    assert len(english) == 5 and "katzen" not in {h.id for h in english}
 
 
 def test_retriever_over_hybrid_stage_reranks_pages_and_caches(

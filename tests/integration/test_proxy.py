@@ -25,11 +25,10 @@ from tests.docs_examples import run_blocks
 from tests.fixtures.servers import EngineHandle
 
 from secondpass.config import ConnectionSettings
-from secondpass.connectors._query import hits_from_response
+from secondpass.connectors import read_hits
 from secondpass.pipeline.retriever import Retriever
+from secondpass.proxy import BackgroundProxy, ProxySettings, RerankProxy
 from secondpass.servers._process import free_port
-from secondpass.service.proxy import BackgroundProxy, RerankProxy
-from secondpass.service.proxy_settings import ProxySettings
 
 pytestmark = pytest.mark.integration
 
@@ -289,7 +288,7 @@ def test_order_equals_rerank_hits_on_the_engines_window(
     with httpx.Client(timeout=30) as http:
         window = http.post(f"{url}/{index}/_search", json={"query": MATCH, "size": WINDOW}).json()
         via = http.post(f"{proxy[0]}/{index}/_search", json={"query": MATCH, "size": WINDOW}).json()
-    hits = hits_from_response(window, FIELDS)
+    hits = list(read_hits(window, FIELDS).hits)
     with Retriever(scorer=tiny_scorer, window=WINDOW, rank_by="raw") as retriever:
         result = retriever.rerank_hits(QUERY_TEXT, hits)
     assert [h["_id"] for h in via["hits"]["hits"]] == [r.hit.id for r in result.hits]
@@ -559,3 +558,68 @@ def test_body_less_searches_are_reranked(
     assert answer.headers["x-secondpass-rerank"] == "ok"
     hits = answer.json()["hits"]["hits"]
     assert hits and len(hits) <= int(params.get("size", "10"))
+
+
+# ------------------------------------------------------------- own endpoints
+
+
+def scraped(text: str, name: str, **labels: str) -> float:
+    """One sample of a Prometheus text scrape (0 when the series has no sample yet)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+@pytest.fixture
+def cached_proxy(
+    engine: EngineHandle, index: str, tiny_scorer: Any
+) -> Iterator[tuple[str, RerankProxy]]:
+    """The proxy with an in-memory score cache, so a repeated window is served from it."""
+    from secondpass.pipeline.cache import LRUScoreCache
+
+    _, url = engine
+    settings = ProxySettings(upstream=url, listen="127.0.0.1:0", window=WINDOW,
+                             deadline_ms=60_000, indices={index: {"fields": FIELDS}},
+                             rerank={"rank_by": "raw"})  # fmt: skip
+    app = RerankProxy(settings, scorer=tiny_scorer, cache=LRUScoreCache())
+    with BackgroundProxy(app) as proxy_url:
+        yield proxy_url, app
+    app.retriever.close()
+
+
+def test_own_endpoints_report_real_searches(
+    engine: EngineHandle, cached_proxy: tuple[str, RerankProxy], index: str
+) -> None:
+    url = cached_proxy[0]
+    via = Api(engine.name, url)
+    with httpx.Client(timeout=60) as http:
+        assert http.get(f"{url}/_secondpass/livez").json() == {"status": "ok"}
+        ready = http.get(f"{url}/_secondpass/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"] == {"scorer": "ok", "upstream": "ok"}
+        before = http.get(f"{url}/_secondpass/metrics").text
+        via.search(index, {"query": MATCH, "size": 3})
+        via.search(index, {"query": MATCH, "size": 3})  # the same window: cache hits
+        via.search(index, {"query": MATCH, "size": 3, "sort": [{"n": "desc"}]})
+        via.msearch([{"index": index}, {"query": MATCH, "size": 2}])
+        after = http.get(f"{url}/_secondpass/metrics").text
+    via.close()
+    searches = "secondpass_proxy_searches_total"
+
+    def moved(name: str, **labels: str) -> float:
+        return scraped(after, name, **labels) - scraped(before, name, **labels)
+
+    assert moved(searches, endpoint="search", outcome="ok") == 2
+    skipped = {"endpoint": "search", "outcome": "skipped"}
+    assert moved(searches, **skipped, reason="sorted by a field") == 1
+    assert moved(searches, endpoint="msearch", outcome="ok") == 1
+    assert moved("secondpass_proxy_upstream_duration_seconds_count", kind="search") == 3
+    assert moved("secondpass_proxy_upstream_duration_seconds_count", kind="msearch") == 1
+    assert moved("secondpass_proxy_rerank_duration_seconds_count") == 3
+    # The first search scores its window; the second and the msearch find it cached.
+    assert moved("secondpass_cache_misses_total") == WINDOW
+    assert moved("secondpass_cache_hits_total") == 2 * WINDOW

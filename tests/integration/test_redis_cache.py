@@ -16,11 +16,19 @@ from tests.fixtures.cache import CountingScorer
 
 from secondpass.config import CacheSettings
 from secondpass.pipeline.cache import RedisScoreCache, build_cache, cache_key, encode_score
-from secondpass.pipeline.cached_scoring import score_with_cache
+from secondpass.pipeline.engine import EngineResult, ScoringEngine
 from secondpass.servers import LocalRedis
 from secondpass.types import PassageScore
 
 pytestmark = pytest.mark.integration
+
+
+def _score(
+    scorer: CountingScorer, cache: RedisScoreCache, query: str, items: list[tuple[str, str, str]]
+) -> EngineResult:
+    """One request through a scoring engine over ``cache``, the way every front-end scores."""
+    with ScoringEngine(scorer=scorer, cache=cache, max_wait_ms=0.0) as engine:
+        return engine.score_sync(query, items)
 
 SCORE = PassageScore(raw=-2.25, normalized=0.095, tokens_in=700, tokens_scored=512, truncated=True)
 ITEMS = [
@@ -63,32 +71,14 @@ def test_round_trip_stores_compact_json(
     assert (stats["hits"], stats["misses"], stats["writes"], stats["errors"]) == (1, 2, 1, 0)
 
 
-def test_ttl_is_set_on_every_write(
-    redis_cache: RedisScoreCache, admin: redis.Redis, redis_key_prefix: str
-) -> None:
-    redis_cache.set_many({"a": SCORE, "b": SCORE})
-    for key in ("a", "b"):
-        ttl = admin.ttl(redis_key_prefix + key)
-        assert 0 < ttl <= 600
-
-
-def test_no_ttl_when_disabled(
-    redis_server: LocalRedis, admin: redis.Redis, redis_key_prefix: str
-) -> None:
-    cache = _cache(redis_server, redis_key_prefix, ttl_s=None)
-    cache.set_many({"a": SCORE})
-    assert admin.ttl(redis_key_prefix + "a") == -1  # exists, no expiry
-    cache.close()
-
-
 def test_two_replicas_share_scores(redis_server: LocalRedis, redis_key_prefix: str) -> None:
     replica_a, replica_b = (_cache(redis_server, redis_key_prefix) for _ in range(2))
     scorer_a, scorer_b = CountingScorer(), CountingScorer()
-    first = score_with_cache(scorer_a, replica_a, "cats", ITEMS)
-    second = score_with_cache(scorer_b, replica_b, "cats", ITEMS)
+    first = _score(scorer_a, replica_a, "cats", ITEMS)
+    second = _score(scorer_b, replica_b, "cats", ITEMS)
     assert scorer_a.passages_scored == 3
     assert scorer_b.calls == []  # replica B never ran its model
-    assert second.hits == 3 and second.scores == first.scores
+    assert second.cache_hits == 3 and second.scores == first.scores
     replica_a.close()
     replica_b.close()
 
@@ -112,11 +102,11 @@ def test_corrupt_value_is_a_counted_miss_then_repaired(
     scorer = CountingScorer()
     key = cache_key(scorer.fingerprint, "cats", *ITEMS[0])
     admin.set(redis_key_prefix + key, b'{"raw":NaN,"normalized":0.5}')
-    result = score_with_cache(scorer, redis_cache, "cats", ITEMS[:1])
-    assert result.misses == 1 and scorer.passages_scored == 1
+    result = _score(scorer, redis_cache, "cats", ITEMS[:1])
+    assert result.cache_misses == 1 and scorer.passages_scored == 1
     stats = redis_cache.stats.snapshot()
     assert stats["corrupt"] == 1 and stats["errors"] == 1
-    assert score_with_cache(scorer, redis_cache, "cats", ITEMS[:1]).hits == 1  # overwritten
+    assert _score(scorer, redis_cache, "cats", ITEMS[:1]).cache_hits == 1  # overwritten
 
 
 def test_concurrent_requests_share_the_pool(
@@ -216,8 +206,8 @@ def test_paused_redis_costs_misses_within_the_timeout(
 ) -> None:
     cache = _cache(redis_server, redis_key_prefix, timeout_s=0.2, connect_timeout_s=0.2)
     scorer = CountingScorer()
-    score_with_cache(scorer, cache, "cats", ITEMS)  # warm: all three cached
-    assert score_with_cache(scorer, cache, "cats", ITEMS).hits == 3
+    _score(scorer, cache, "cats", ITEMS)  # warm: all three cached
+    assert _score(scorer, cache, "cats", ITEMS).cache_hits == 3
 
     pause_s = 2.5  # CLIENT UNPAUSE itself waits for the pause to end
     if how == "sigstop":
@@ -227,7 +217,7 @@ def test_paused_redis_costs_misses_within_the_timeout(
     try:
         with caplog.at_level(logging.WARNING, logger="secondpass.cache"):
             started = time.monotonic()
-            during = score_with_cache(scorer, cache, "cats", ITEMS)
+            during = _score(scorer, cache, "cats", ITEMS)
             elapsed = time.monotonic() - started
     finally:
         if how == "sigstop":
@@ -236,14 +226,14 @@ def test_paused_redis_costs_misses_within_the_timeout(
             admin.execute_command("CLIENT", "UNPAUSE")
     # Behaviour, not speed: the call gave up on Redis instead of waiting for it to come back.
     assert elapsed < pause_s
-    assert during.misses == 3 and scorer.passages_scored == 6  # scoring went on
+    assert during.cache_misses == 3 and scorer.passages_scored == 6  # scoring went on
     direct = scorer.score("cats", [text for *_, text in ITEMS])
     assert list(during.scores) == direct
     assert cache.stats.snapshot()["errors"] >= 1
     assert any("skipping Redis" in r.getMessage() for r in caplog.records)
 
-    after = score_with_cache(scorer, cache, "cats", ITEMS)  # cooldown 0: straight back
-    assert after.hits == 3
+    after = _score(scorer, cache, "cats", ITEMS)  # cooldown 0: straight back
+    assert after.cache_hits == 3
     cache.close()
 
 
@@ -252,16 +242,16 @@ def test_killed_redis_costs_misses_and_recovers(
 ) -> None:
     cache = _cache(redis_server, redis_key_prefix, timeout_s=0.5, connect_timeout_s=0.5)
     scorer = CountingScorer()
-    score_with_cache(scorer, cache, "cats", ITEMS)
+    _score(scorer, cache, "cats", ITEMS)
     redis_server.kill()  # a crash: no goodbye to open connections
     try:
-        during = score_with_cache(scorer, cache, "cats", ITEMS)
-        assert during.misses == 3 and len(during.scores) == 3
+        during = _score(scorer, cache, "cats", ITEMS)
+        assert during.cache_misses == 3 and len(during.scores) == 3
         assert scorer.passages_scored == 6
         assert cache.stats.snapshot()["errors"] == 2  # lookup and write-back
     finally:
         redis_server.start()
     # A fresh, empty Redis: the cache reconnects by itself and fills again.
-    assert score_with_cache(scorer, cache, "cats", ITEMS).misses == 3
-    assert score_with_cache(scorer, cache, "cats", ITEMS).hits == 3
+    assert _score(scorer, cache, "cats", ITEMS).cache_misses == 3
+    assert _score(scorer, cache, "cats", ITEMS).cache_hits == 3
     cache.close()

@@ -25,8 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from secondpass.service.proxy import BackgroundProxy, RerankProxy
-from secondpass.service.proxy_settings import ProxySettings
+from secondpass.proxy import BackgroundProxy, ProxySettings, RerankProxy
 from tests.fixtures.service import ServiceProcess
 from tests.reliability.conftest import Figures
 

@@ -75,7 +75,7 @@ def _run(code: str, env_extra: dict[str, str]) -> subprocess.CompletedProcess[st
 def test_remote_code_canary_never_runs_without_opt_in(tiny_cross_encoder_dir: Path, tmp_path: Path, figures: Any) -> None:
     marker = tmp_path / "remote-code.marker"
     directory = _remote_code_dir(tmp_path, tiny_cross_encoder_dir, marker)
-    scorer = CrossEncoderScorer(model=str(directory), device="cpu", dtype="float32")
+    scorer = CrossEncoderScorer(model=str(directory), device="cpu", dtype="float32", backend="torch")
     try:
         scorer.warm_up()
         # Loaded as the plain architecture its config names: the custom code was ignored.
@@ -94,7 +94,7 @@ def test_remote_code_canary_never_runs_without_opt_in(tiny_cross_encoder_dir: Pa
             f"""
             from secondpass.pipeline.scorer import CrossEncoderScorer
             s = CrossEncoderScorer(model={str(directory)!r}, device="cpu", dtype="float32",
-                                   trust_remote_code=True, revision="pinned")
+                                   backend="torch", trust_remote_code=True, revision="pinned")
             try:
                 s.warm_up()
             except Exception as exc:
@@ -116,7 +116,7 @@ def test_pickle_canary_is_refused(tiny_cross_encoder_dir: Path, tmp_path: Path) 
     assert not marker.exists(), "a pickle was unpickled without allow_pickle"
     # Beside safetensors, the pickle is never touched: the safetensors weights load.
     beside = _pickle_dir(tmp_path, tiny_cross_encoder_dir, marker, keep_safetensors=True)
-    safe = CrossEncoderScorer(model=str(beside), device="cpu", dtype="float32")
+    safe = CrossEncoderScorer(model=str(beside), device="cpu", dtype="float32", backend="torch")
     safe.warm_up()
     assert len(safe.score("cat", ["a cat"])) == 1
     safe.close()

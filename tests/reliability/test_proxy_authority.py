@@ -28,8 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from secondpass.service.proxy import BackgroundProxy, RerankProxy
-from secondpass.service.proxy_settings import ProxySettings
+from secondpass.proxy import BackgroundProxy, ProxySettings, RerankProxy
 from tests.fixtures.servers import SECURE_PASSWORD
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]

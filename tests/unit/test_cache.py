@@ -1,4 +1,4 @@
-"""Score cache: keys, value validation, LRU behaviour and the cached-scoring function."""
+"""Score cache: keys, value validation and LRU behaviour."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import threading
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.docs_examples import run_blocks
 from tests.fixtures.cache import CountingScorer
 
 from secondpass.config import CacheSettings
@@ -21,11 +20,9 @@ from secondpass.pipeline.cache import (
     cache_keys,
     decode_score,
     encode_score,
-    is_cacheable,
 )
-from secondpass.pipeline.cached_scoring import score_with_cache
 from secondpass.pipeline.protocols import ScoreCache, Scorer
-from secondpass.types import EMPTY_PASSAGE_RAW_SCORE, PassageScore
+from secondpass.types import PassageScore
 
 FP = "tiny/rev1|max_length=512|template={title} {body}|long=truncate"
 SCORE = PassageScore(raw=1.5, normalized=0.82, tokens_in=40, tokens_scored=32, truncated=True)
@@ -128,31 +125,7 @@ def test_integer_scores_are_accepted_as_floats() -> None:
     assert score is not None and isinstance(score.raw, float) and score.raw == 2.0
 
 
-def test_non_finite_scores_are_never_written(lru_cache: LRUScoreCache) -> None:
-    bad = {
-        "a": PassageScore(raw=float("nan"), normalized=0.5),
-        "b": PassageScore(1.0, float("inf")),
-    }
-    assert not any(is_cacheable(s) for s in bad.values())
-    lru_cache.set_many({**bad, "c": SCORE})
-    assert lru_cache.get_many(["a", "b", "c"]) == {"c": SCORE}
-    stats = lru_cache.stats.snapshot()
-    assert stats["writes"] == 1 and stats["errors"] == 2
-
-
 # ------------------------------------------------------------------------------ LRU
-
-
-def test_lru_evicts_least_recently_used() -> None:
-    cache = LRUScoreCache(max_entries=2)
-    cache.set_many({"a": SCORE, "b": SCORE})
-    assert cache.get_many(["a"]) == {"a": SCORE}  # "a" is now the most recent
-    cache.set_many({"c": SCORE})
-    assert set(cache.get_many(["a", "b", "c"])) == {"a", "c"}
-    assert len(cache) == 2
-    stats = cache.stats.snapshot()
-    assert stats["evictions"] == 1
-    assert (stats["hits"], stats["misses"], stats["writes"]) == (3, 1, 3)
 
 
 def test_lru_rejects_a_zero_bound() -> None:
@@ -255,141 +228,5 @@ def test_warnings_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
     assert sum(r.levelname == "DEBUG" for r in caplog.records) == 4
 
 
-# ----------------------------------------------------------------- cached scoring
-
-
-ITEMS = [
-    ("docs", "1", "cats purr and cats sleep"),
-    ("docs", "2", "dogs bark"),
-    ("news", "1", "cats in the news"),
-]
-
-
-def test_second_request_is_served_without_the_model(
-    counting_scorer: CountingScorer, lru_cache: LRUScoreCache
-) -> None:
-    first = score_with_cache(counting_scorer, lru_cache, "cats", ITEMS)
-    assert (first.hits, first.misses, first.scored) == (0, 3, 3)
-    assert counting_scorer.calls == [[text for _, _, text in ITEMS]]  # one call, all misses
-
-    second = score_with_cache(counting_scorer, lru_cache, "cats", ITEMS)
-    assert len(counting_scorer.calls) == 1  # the model was not asked again
-    assert (second.hits, second.misses, second.scored) == (3, 0, 0)
-    assert second.scores == first.scores
-    assert second.timings_ms["scorer"] == 0.0
-    assert lru_cache.stats.snapshot()["hits"] == 3
-
-
-def test_hits_skip_the_real_cross_encoder(tiny_scorer: Scorer, lru_cache: LRUScoreCache) -> None:
-    counted = CountingScorer(inner=tiny_scorer)
-    expected = tiny_scorer.score("cats", [text for _, _, text in ITEMS])
-    first = score_with_cache(counted, lru_cache, "cats", ITEMS)
-    second = score_with_cache(counted, lru_cache, "cats", ITEMS)
-    assert counted.passages_scored == 3  # the second request never reached the model
-    assert first.timings_ms["model"] > 0.0 and second.timings_ms["model"] == 0.0
-    assert [s.raw for s in second.scores] == pytest.approx([s.raw for s in expected], abs=1e-5)
-
-
-def test_scores_come_back_in_input_order(
-    counting_scorer: CountingScorer, lru_cache: LRUScoreCache
-) -> None:
-    expected = counting_scorer.score("cats", [text for _, _, text in ITEMS])
-    score_with_cache(counting_scorer, lru_cache, "cats", ITEMS[1:2])  # warm the middle one
-    result = score_with_cache(counting_scorer, lru_cache, "cats", ITEMS)
-    assert list(result.scores) == expected
-    assert counting_scorer.calls[-1] == [ITEMS[0][2], ITEMS[2][2]]  # only the misses, in order
-
-
-def test_edited_document_is_rescored(
-    counting_scorer: CountingScorer, lru_cache: LRUScoreCache
-) -> None:
-    score_with_cache(counting_scorer, lru_cache, "cats", ITEMS)
-    edited = [ITEMS[0], ("docs", "2", "dogs bark at cats"), ITEMS[2]]
-    result = score_with_cache(counting_scorer, lru_cache, "cats", edited)
-    assert (result.hits, result.misses) == (2, 1)
-    assert counting_scorer.calls[-1] == ["dogs bark at cats"]
-    assert result.scores[1] == counting_scorer.score("cats", ["dogs bark at cats"])[0]
-
-
-def test_other_query_or_scorer_misses(lru_cache: LRUScoreCache) -> None:
-    scorer = CountingScorer()
-    score_with_cache(scorer, lru_cache, "cats", ITEMS)
-    assert score_with_cache(scorer, lru_cache, "dogs", ITEMS).hits == 0
-    other_model = CountingScorer(fingerprint="overlap/v1|max_length=32")
-    assert score_with_cache(other_model, lru_cache, "cats", ITEMS).hits == 0
-
-
-def test_duplicates_are_scored_once(
-    counting_scorer: CountingScorer, lru_cache: LRUScoreCache
-) -> None:
-    items = [ITEMS[0], ITEMS[1], ITEMS[0], ITEMS[0]]
-    result = score_with_cache(counting_scorer, lru_cache, "cats", items)
-    assert counting_scorer.calls == [[ITEMS[0][2], ITEMS[1][2]]]
-    assert result.scored == 2 and result.misses == 4
-    assert result.scores[0] == result.scores[2] == result.scores[3]
-    assert lru_cache.stats.snapshot()["misses"] == 2  # one lookup per distinct key
-
-
-def test_same_text_in_another_document_is_a_different_entry(
-    counting_scorer: CountingScorer, lru_cache: LRUScoreCache
-) -> None:
-    items = [("docs", "1", "same text"), ("docs", "2", "same text")]
-    result = score_with_cache(counting_scorer, lru_cache, "text", items)
-    assert result.scored == 2 and len(lru_cache) == 2
-
-
-def test_empty_passages_are_scored_but_never_cached(
-    counting_scorer: CountingScorer, lru_cache: LRUScoreCache
-) -> None:
-    items = [("docs", "1", ""), ("docs", "2", "   "), ("docs", "3", "cats")]
-    for _ in range(2):
-        result = score_with_cache(counting_scorer, lru_cache, "cats", items)
-        assert [s.raw for s in result.scores[:2]] == [EMPTY_PASSAGE_RAW_SCORE] * 2
-    assert len(lru_cache) == 1
-    assert result.hits == 1 and result.misses == 2
-    assert counting_scorer.calls == [["cats"], []]  # empty ones never reached the "model"
-
-
-def test_without_a_cache_everything_is_scored(counting_scorer: CountingScorer) -> None:
-    result = score_with_cache(counting_scorer, None, "cats", ITEMS + ITEMS[:1])
-    assert result.hits == 0 and result.scored == 3
-    assert score_with_cache(counting_scorer, None, "cats", []).scores == ()
-
-
-def test_a_broken_dead_cache_costs_misses_only(counting_scorer: CountingScorer) -> None:
-    dead = RedisScoreCache(url="redis://127.0.0.1:1/0", cooldown_s=0.0)
-    result = score_with_cache(counting_scorer, dead, "cats", ITEMS)
-    assert result.misses == 3 and len(result.scores) == 3
-    assert dead.stats.snapshot()["errors"] == 2  # the lookup and the write-back
-
-
-class _RaisingCache:
-    """A third-party cache that breaks the no-raise contract."""
-
-    def get_many(self, keys: object) -> dict[str, PassageScore]:
-        raise RuntimeError("boom")
-
-    def set_many(self, items: object) -> None:
-        raise RuntimeError("boom")
-
-
-def test_a_cache_that_raises_is_treated_as_misses(counting_scorer: CountingScorer) -> None:
-    result = score_with_cache(counting_scorer, _RaisingCache(), "cats", ITEMS)
-    assert result.misses == 3 and counting_scorer.passages_scored == 3
-
-
-def test_timings_separate_cache_and_scorer(
-    counting_scorer: CountingScorer, lru_cache: LRUScoreCache
-) -> None:
-    result = score_with_cache(counting_scorer, lru_cache, "cats", ITEMS)
-    assert set(result.timings_ms) == {"cache", "scorer", "tokenize", "model"}
-    assert all(v >= 0.0 for v in result.timings_ms.values())
-    assert result.timings_ms["model"] > 0.0
-
-
-# ------------------------------------------------------------------------- docs
-
-
-def test_docs_example_runs() -> None:
-    ns = run_blocks("cache.md")
-    assert ns["second"].hits == 2  # type: ignore[attr-defined]
+# The scoring path through a cache (one lookup, one write-back, blanks, order,
+# duplicates, faults) is the scoring engine's contract: tests/unit/test_engine.py.

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from secondpass.proxy.settings import ProxySettings
 from secondpass.service.errors import BodyTooLargeError
 from secondpass.service.http_limits import (
     BoundedInputMiddleware,
@@ -33,7 +34,6 @@ from secondpass.service.http_limits import (
     check_json_depth,
     decompress,
 )
-from secondpass.service.proxy_settings import ProxySettings
 from secondpass.service.settings import ServiceSettings
 
 # ------------------------------------------------------------------------ JSON depth
@@ -420,8 +420,7 @@ async def test_an_answered_request_is_not_cancelled_by_the_closing_disconnect() 
 
 
 def test_both_apps_pin_h11_with_the_head_cap() -> None:
-    for settings_obj in (ServiceSettings(), ProxySettings()):
-        limits = HttpLimits.from_settings(settings_obj)
+    for limits in (HttpLimits.from_settings(ServiceSettings()), ProxySettings().http_limits()):
         kwargs = limits.uvicorn_kwargs()
         assert kwargs["h11_max_incomplete_event_size"] == 64 * 1024
         assert issubclass(kwargs["http"], LimitedH11Protocol)
@@ -431,7 +430,7 @@ def test_both_apps_pin_h11_with_the_head_cap() -> None:
 
 
 def test_proxy_decoding_cap_defaults_to_the_search_body_limit() -> None:
-    limits = HttpLimits.from_settings(ProxySettings(max_search_body_bytes=4096))
+    limits = ProxySettings(max_search_body_bytes=4096).http_limits()
     assert limits.decompressed_cap == 4096
     assert limits.max_body_bytes == 100 * 1024 * 1024
 

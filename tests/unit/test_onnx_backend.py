@@ -56,7 +56,7 @@ def test_fp32_scores_equal_the_torch_path(tiny_scorer, onnx_scorer) -> None:
 def test_chunked_documents_match_the_torch_path(tiny_cross_encoder_dir, onnx_cache) -> None:
     long_text = " ".join(random.Random(3).choice(WORDS) for _ in range(1500))
     settings = {"model": str(tiny_cross_encoder_dir), "device": "cpu", "long_document": "chunk", "max_chunks": 4}
-    torch_path = CrossEncoderScorer(dtype="float32", **settings)
+    torch_path = CrossEncoderScorer(dtype="float32", backend="torch", **settings)
     onnx_path = CrossEncoderScorer(backend="onnx", cache_folder=str(onnx_cache), **settings)
     [expected] = torch_path.score("music night", [long_text])
     [got] = onnx_path.score("music night", [long_text])
@@ -122,7 +122,7 @@ def test_missing_onnxruntime_is_a_clear_error(tiny_cross_encoder_dir, tmp_path, 
 @pytest.mark.parametrize(
     "settings",
     [
-        {"quantize": "int8"},  # int8 is an ONNX option
+        {"backend": "torch", "quantize": "int8"},  # int8 is an ONNX option
         {"backend": "onnx", "dtype": "bfloat16"},
         {"backend": "onnx", "device": "cuda"},
         {"backend": "tensorrt"},

@@ -107,7 +107,9 @@ def test_bound_template_budgets_count_model_tokens(tiny_cross_encoder_dir) -> No
 
     from secondpass.pipeline.scorer import CrossEncoderScorer
 
-    scorer = CrossEncoderScorer(model=str(tiny_cross_encoder_dir), device="cpu", dtype="float32")
+    scorer = CrossEncoderScorer(
+        model=str(tiny_cross_encoder_dir), device="cpu", dtype="float32", backend="torch"
+    )
     template = scorer.bind_template(PassageTemplate(fields=("title", "text"), budgets={"title": 5, "text": 40}))
     assert not scorer.is_loaded, "binding a template must not load the model"
     title = "Überraschende Ergebnisse: unbelievably photosynthetic cyanobacteria 東京 🚀 " * 5

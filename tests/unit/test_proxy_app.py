@@ -17,8 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from secondpass.service.proxy import RerankProxy
-from secondpass.service.proxy_settings import ProxySettings
+from secondpass.proxy import ProxySettings, RerankProxy
 from secondpass.types import PassageScore
 
 UPSTREAM = "http://engine.test:9200"

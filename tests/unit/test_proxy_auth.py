@@ -22,9 +22,8 @@ import pytest
 from pydantic import ValidationError
 
 from secondpass.errors import ConfigurationError
-from secondpass.service import auth
-from secondpass.service.proxy import RerankProxy
-from secondpass.service.proxy_access import (
+from secondpass.proxy import ProxySettings, RerankProxy
+from secondpass.proxy.access import (
     DEFAULT_ALLOWED_REQUESTS,
     MAX_RELEASE_BODY_BYTES,
     AllowList,
@@ -37,7 +36,7 @@ from secondpass.service.proxy_access import (
     origin_form,
     refusal_headers,
 )
-from secondpass.service.proxy_settings import ProxySettings
+from secondpass.service import auth
 from secondpass.types import PassageScore
 
 UPSTREAM = "http://engine.test:9200"
@@ -223,7 +222,7 @@ def test_lending_on_a_reachable_address_needs_client_keys(listen: str) -> None:
 def test_lending_on_loopback_without_keys_starts_with_a_loud_warning(
     listen: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="secondpass.service.proxy")
+    caplog.set_level(logging.WARNING, logger="secondpass.proxy.app")
     proxy = make_proxy(Recorder(), listen=listen, **LENT)
     assert proxy.settings.listens_on_loopback
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
@@ -294,7 +293,7 @@ def test_cli_has_the_opt_in_flag_and_no_flag_for_client_keys(
         parser.parse_args(["proxy", "--client-api-keys", KEY])
     monkeypatch.setenv("SECONDPASS_PROXY_PASSWORD", "from-env")
     args = parser.parse_args(["proxy", "--username", "elastic"])
-    monkeypatch.setattr("secondpass.service.proxy.run", lambda *a, **k: pytest.fail("started"))
+    monkeypatch.setattr("secondpass.proxy.running.run", lambda *a, **k: pytest.fail("started"))
     with pytest.raises(ConfigurationError, match="--lend-credentials"):
         command._run(args)
     args = parser.parse_args(

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from secondpass.service import proxy_rules as rules
-from secondpass.service.proxy_rules import IndexText, IndexTextRules, SearchPlan, Skip
+from secondpass.proxy import rules
+from secondpass.proxy.rules import IndexText, IndexTextRules, SearchPlan, Skip
 from secondpass.types import Hit, PassageScore, RankedHit, SearchResult
 
 WINDOW = 50
@@ -250,14 +250,14 @@ def test_hits_are_built_in_engine_order_with_text_from_source_or_fields() -> Non
     raw = engine_response(3)
     raw["hits"]["hits"][1] = {**raw["hits"]["hits"][1], "_source": {"title": "t1"},
                               "fields": {"body": ["first", "second"]}}  # fmt: skip
-    hits = rules.build_hits(raw, p)
+    hits = rules.build_hits(raw, p).hits
     assert [(h.id, h.rank, h.score) for h in hits] == [
         ("0", 1, 100.0),
         ("1", 2, 99.0),
         ("2", 3, 98.0),
     ]
     assert hits[1].fields == {"title": "t1", "body": "first second"}
-    narrowed = rules.build_hits(raw, p, fields_for=lambda index: ("body",))
+    narrowed = rules.build_hits(raw, p, fields_for=lambda index: ("body",)).hits
     assert narrowed[1].fields == {"body": "first second"}
 
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from secondpass.connectors import extract_fields
 from secondpass.connectors._query import (
     caller_body,
-    extract_fields,
     hits_from_response,
     index_body,
     knn_body,

@@ -19,12 +19,14 @@ from collections.abc import Sequence
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.docs_examples import python_blocks
 
-from secondpass.errors import ConfigurationError, RerankError
+from secondpass.errors import ConfigurationError, OverloadedError, RerankError
 from secondpass.pipeline.cache import LRUScoreCache
+from secondpass.pipeline.engine import ScoringEngine
 from secondpass.pipeline.first_stage import LexicalStage
-from secondpass.pipeline.passages import PassageTemplate
-from secondpass.pipeline.retriever import Retriever, dedupe_hits, render_passage
+from secondpass.pipeline.passages import PassageTemplate, render_passage
+from secondpass.pipeline.retriever import Retriever, dedupe_hits
 from secondpass.types import EMPTY_PASSAGE_RAW_SCORE, Hit, PassageScore, SearchRequest
 
 # ----------------------------------------------------------------------------- fakes
@@ -70,7 +72,11 @@ def _digest_score(query: str, passage: str) -> float:
 
 
 class HashScorer:
-    """Deterministic Scorer: score from a hash of (query, passage); records every call."""
+    """Deterministic Scorer: score from a hash of (query, passage); records every model call.
+
+    The engine's batcher calls ``score_pairs`` (pairs may mix queries); each call
+    is recorded as one ``(query, passages)`` entry per query it held.
+    """
 
     fingerprint = "hash-scorer/v1"
 
@@ -85,15 +91,18 @@ class HashScorer:
         return PassageScore(raw=raw, normalized=1.0 / (1.0 + math.exp(-raw)))
 
     def score(self, query, passages, *, timings=None):  # type: ignore[no-untyped-def]
-        with self._lock:
-            self.calls.append((query, list(passages)))
-        if self.delay_per_passage_s:
-            time.sleep(self.delay_per_passage_s * len(passages))
-        if timings is not None:
-            timings["model_ms"] = timings.get("model_ms", 0.0) + 0.1
-        return [self._one(query, p) for p in passages]
+        return self.score_pairs([(query, p) for p in passages], timings=timings)
 
     def score_pairs(self, pairs, *, timings=None):  # type: ignore[no-untyped-def]
+        by_query: dict[str, list[str]] = {}
+        for query, passage in pairs:
+            by_query.setdefault(query, []).append(passage)
+        with self._lock:
+            self.calls.extend(by_query.items())
+        if self.delay_per_passage_s:
+            time.sleep(self.delay_per_passage_s * len(pairs))
+        if timings is not None:
+            timings["model_ms"] = timings.get("model_ms", 0.0) + 0.1
         return [self._one(q, p) for q, p in pairs]
 
     @property
@@ -102,8 +111,8 @@ class HashScorer:
 
 
 class FailingScorer(HashScorer):
-    def score(self, query, passages, *, timings=None):  # type: ignore[no-untyped-def]
-        self.calls.append((query, list(passages)))
+    def score_pairs(self, pairs, *, timings=None):  # type: ignore[no-untyped-def]
+        self.calls.append(("", [p for _, p in pairs]))
         raise RuntimeError("CUDA out of memory (simulated)")
 
 
@@ -114,12 +123,14 @@ class SlowScorer(HashScorer):
         super().__init__()
         self.hold_s = hold_s
         self.release = threading.Event()
+        self.entered = threading.Event()
         self.finished = threading.Event()
 
-    def score(self, query, passages, *, timings=None):  # type: ignore[no-untyped-def]
+    def score_pairs(self, pairs, *, timings=None):  # type: ignore[no-untyped-def]
+        self.entered.set()
         self.release.wait(self.hold_s)
         try:
-            return super().score(query, passages, timings=timings)
+            return super().score_pairs(pairs, timings=timings)
         finally:
             self.finished.set()
 
@@ -252,7 +263,7 @@ def test_zero_hits_means_zero_model_calls(closing) -> None:
     result = retriever.search("anything")
     assert result.hits == () and result.status == "ok" and result.window == 0
     assert scorer.calls == []
-    assert retriever._executor is None  # not even a thread was started
+    assert retriever.engine.batcher is None  # the engine did not even start its thread
 
 
 def test_empty_text_hit_is_kept_and_never_sent_to_the_model(closing) -> None:
@@ -450,7 +461,8 @@ def test_latency_budget_reranks_only_what_fits(closing) -> None:
     hits = make_hits([f"passage {i}" for i in range(50)])
     scorer = HashScorer()
     retriever = closing(scorer=scorer, latency_budget_ms=500)
-    retriever.throughput.observe(20, 1.0)  # as if the model had managed 20 passages/s
+    # The retriever sizes the window from the engine's measured throughput; give it one.
+    retriever.engine.throughput = lambda: 20.0  # type: ignore[method-assign]
     result = retriever.rerank_hits("q", hits)
     assert result.status == "partial"
     assert result.reason is not None and "latency budget" in result.reason
@@ -468,7 +480,7 @@ def test_latency_budget_learns_throughput_from_real_calls(closing) -> None:
     retriever = closing(scorer=scorer, latency_budget_ms=100)
     first = retriever.rerank_hits("q", hits)  # no estimate yet: the whole window
     assert first.status == "ok" and first.reranked == 40
-    assert retriever.throughput.passages_per_s is not None
+    assert retriever.engine.throughput() is not None
     second = retriever.rerank_hits("other query", hits)
     assert second.status == "partial" and 1 <= second.reranked < 40
 
@@ -547,3 +559,82 @@ def test_the_facade_imports_no_engine_client_or_model_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------- the shared engine
+
+
+def test_retrievers_sharing_an_engine_share_its_cache_and_queue() -> None:
+    scorer = HashScorer()
+    cache = LRUScoreCache()
+    with ScoringEngine(scorer=scorer, cache=cache) as engine:
+        first = Retriever(engine=engine, window=3)
+        second = Retriever(engine=engine, window=3)
+        hits = make_hits(["a", "b", "c"])
+        assert first.rerank_hits("q", hits).cache_misses == 3
+        assert second.rerank_hits("q", hits).cache_hits == 3  # the other retriever's scores
+        assert first.scorer is scorer and second.cache is cache
+        second.close()  # not its engine: still serving
+        assert first.rerank_hits("q", hits).status == "ok"
+    assert len(scorer.calls) == 1
+
+
+def test_engine_and_scorer_together_are_refused() -> None:
+    with ScoringEngine(scorer=HashScorer()) as engine, pytest.raises(ConfigurationError, match="engine"):
+        Retriever(engine=engine, scorer=HashScorer())
+    with pytest.raises(ConfigurationError, match="scorer"):
+        Retriever()
+
+
+def test_an_overloaded_queue_is_skipped_at_once_or_raised_in_required_mode() -> None:
+    scorer = SlowScorer(hold_s=5.0)
+    with ScoringEngine(scorer=scorer, max_queue_pairs=2) as engine:
+        holder = threading.Thread(target=engine.score_sync, args=("hold", [("d", "0", "x")]))
+        holder.start()
+        assert scorer.entered.wait(5)  # the model is busy ...
+        queued = threading.Thread(target=engine.score_sync, args=("wait", [("d", "1", "y")]))
+        queued.start()
+        deadline = time.monotonic() + 5
+        while engine.queued_pairs < 1:  # ... and one pair waits: two more do not fit
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        try:
+            result = Retriever(engine=engine).rerank_hits("q", make_hits(["a", "b"]))
+            assert result.status == "skipped" and (result.reason or "").startswith("overloaded: ")
+            assert [rh.hit.id for rh in result.hits] == ["d0", "d1"]
+            with pytest.raises(OverloadedError) as info:
+                Retriever(engine=engine, mode="required").rerank_hits("q", make_hits(["a", "b"]))
+            assert info.value.retry_after_s >= 1
+        finally:
+            scorer.release.set()
+            holder.join(5)
+            queued.join(5)
+    assert all(p not in {"a", "b"} for p in scorer.passages_seen)
+
+
+def test_docs_example_of_a_shared_engine_runs() -> None:
+    [block] = [b for b in python_blocks("retriever.md") if "ScoringEngine(scorer=LengthScorer())" in b]
+    ns: dict[str, object] = {"__name__": "__docs__"}
+    exec(compile(block, "docs/retriever.md", "exec"), ns)
+    assert [s.raw for s in ns["direct"].scores] == [3.0, EMPTY_PASSAGE_RAW_SCORE]  # type: ignore[attr-defined]
+
+
+async def test_a_cancelled_search_takes_its_passages_out_of_the_queue() -> None:
+    scorer = SlowScorer(hold_s=5.0)
+    with ScoringEngine(scorer=scorer) as engine:
+        holder = asyncio.create_task(engine.score("hold", [("d", "0", "busy")]))
+        assert await asyncio.to_thread(scorer.entered.wait, 5)
+        retriever = Retriever(engine=engine)
+        gone = asyncio.create_task(retriever.arerank_hits("gone", make_hits(["a", "b", "c"])))
+        deadline = time.monotonic() + 5
+        while engine.queued_pairs < 3:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.002)
+        gone.cancel()  # the client hung up
+        while engine.queued_pairs:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.002)
+        scorer.release.set()
+        await holder
+    assert gone.cancelled()
+    assert [query for query, _ in scorer.calls] == ["hold"]  # "gone" never reached the model

@@ -100,7 +100,8 @@ def test_scores_do_not_depend_on_batch_composition(tiny_cross_encoder_dir, tiny_
     passages = [_text(rng, rng.randint(1, 400)) for _ in range(30)]
     reference = [s.raw for s in tiny_scorer.score(query, passages)]
     scorer = CrossEncoderScorer(
-        model=str(tiny_cross_encoder_dir), device="cpu", dtype="float32", token_budget=budget, max_batch_size=8
+        model=str(tiny_cross_encoder_dir), device="cpu", dtype="float32", backend="torch",
+        token_budget=budget, max_batch_size=8,
     )
     order = list(range(len(passages)))
     rng.shuffle(order)
@@ -163,7 +164,7 @@ def test_chunked_document_scores_the_best_window(tiny_cross_encoder_dir, plain, 
     document = " ".join(words)
     query = "blue bird"
     scorer = CrossEncoderScorer(
-        model=str(tiny_cross_encoder_dir), device="cpu", dtype="float32",
+        model=str(tiny_cross_encoder_dir), device="cpu", dtype="float32", backend="torch",
         long_document="chunk", max_chunks=3, chunk_overlap=50, max_length=128,
     )
     [score] = scorer.score(query, [document])
@@ -181,7 +182,7 @@ def test_chunked_document_scores_the_best_window(tiny_cross_encoder_dir, plain, 
 
 def test_window_is_capped_by_position_embeddings(tmp_path, plain) -> None:
     directory = build_tiny_cross_encoder(tmp_path / "short", seed=1, max_position_embeddings=64)
-    scorer = CrossEncoderScorer(model=str(directory), device="cpu", dtype="float32")
+    scorer = CrossEncoderScorer(model=str(directory), device="cpu", dtype="float32", backend="torch")
     [score] = scorer.score("a query", ["word " * 5000])  # would index past 64 positions if not cut
     assert scorer.max_length == 64
     assert score.truncated and score.tokens_scored == 64 - 3 - 2
@@ -194,7 +195,9 @@ def test_pickle_weights_are_refused_unless_allowed(tmp_path, tiny_cross_encoder_
     refused = CrossEncoderScorer(model=str(directory), device="cpu")
     with pytest.raises(ModelLoadError, match="allow_pickle=True"):
         refused.warm_up()
-    allowed = CrossEncoderScorer(model=str(directory), device="cpu", dtype="float32", allow_pickle=True)
+    allowed = CrossEncoderScorer(
+        model=str(directory), device="cpu", dtype="float32", backend="torch", allow_pickle=True
+    )
     passages = ["river stone", "city light"]
     got = [s.raw for s in allowed.score("water", passages)]
     same_seed = [s.raw for s in tiny_scorer.score("water", passages)]

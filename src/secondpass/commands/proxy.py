@@ -2,7 +2,7 @@
 
 Point an existing application at the proxy instead of the cluster; everything is
 forwarded, and search answers come back reranked. Every setting of
-:class:`~secondpass.service.proxy_settings.ProxySettings` is a flag (generated from
+:class:`~secondpass.proxy.settings.ProxySettings` is a flag (generated from
 the settings class, as for ``serve``); the passage fields of each index are given
 with ``--index NAME=FIELD[,FIELD...]`` and, optionally, ``--index-template
 NAME=TEMPLATE``. Secrets have no flags: set ``SECONDPASS_PROXY_PASSWORD``,
@@ -27,7 +27,7 @@ _SPECIAL = ("indices", "client_api_keys")
 
 def register(subparsers: Any) -> None:
     """Add the ``proxy`` sub-command."""
-    from secondpass.service.proxy_settings import CONFIG_FILE_ENV, ProxySettings
+    from secondpass.proxy.settings import CONFIG_FILE_ENV, ProxySettings
 
     parser = subparsers.add_parser(
         "proxy",
@@ -103,9 +103,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from secondpass.proxy.running import run
+    from secondpass.proxy.settings import ProxySettings
     from secondpass.redaction import register_secrets_from
-    from secondpass.service.proxy import run
-    from secondpass.service.proxy_settings import ProxySettings
 
     settings = ProxySettings.load(args.config, **overrides_from_args(args))
     register_secrets_from(settings)  # every secret of the settings is redacted from logs

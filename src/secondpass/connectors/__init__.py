@@ -3,7 +3,8 @@
 The pipeline sees engines only through the :class:`Connector` and
 :class:`AsyncConnector` protocols. Importing this package does not import the
 engine clients; each connector imports its client when it is constructed and
-names the pip extra to install if it is missing.
+names the pip extra to install if it is missing. :func:`read_hits` is the one way
+engine search JSON becomes hits, for the connectors and the drop-in proxy alike.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from secondpass.connectors._common import BulkCounts
 from secondpass.connectors._validate import validate_index_name
 from secondpass.connectors.base import AsyncConnector, Connector
 from secondpass.connectors.elasticsearch import AsyncElasticsearchConnector, ElasticsearchConnector
+from secondpass.connectors.hits import EngineHits, extract_fields, read_hits
 from secondpass.connectors.opensearch import AsyncOpenSearchConnector, OpenSearchConnector
 
 __all__ = [
@@ -25,8 +27,11 @@ __all__ = [
     "BulkCounts",
     "Connector",
     "ElasticsearchConnector",
+    "EngineHits",
     "OpenSearchConnector",
     "connect",
+    "extract_fields",
+    "read_hits",
     "validate_index_name",
 ]
 

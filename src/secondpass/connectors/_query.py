@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
+from secondpass.connectors.hits import read_hits
 from secondpass.errors import ConfigurationError
 from secondpass.types import Hit, KnnQuery, SearchRequest
 
@@ -246,67 +247,30 @@ def search_body(
     return lexical_body(request, fields=fields, source=source, timeout=timeout)
 
 
-def _lookup(source: Mapping[str, Any], path: str) -> Any:
-    if path in source:
-        return source[path]
-    value: Any = source
-    for part in path.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
-def _as_text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (list, tuple)):
-        return " ".join(t for t in (_as_text(v) for v in value) if t)
-    return str(value)
-
-
-def extract_fields(source: Mapping[str, Any], text_fields: Sequence[str]) -> dict[str, str]:
-    """Read the reranking text fields from ``_source`` (dotted paths; lists joined).
-
-    Every requested field is present in the result; a missing one is ``""`` so a
-    passage template never fails on an absent key.
-
-    Example:
-        >>> extract_fields({"title": "Cats", "meta": {"tags": ["a", "b"]}}, ["title", "meta.tags", "body"])
-        {'title': 'Cats', 'meta.tags': 'a b', 'body': ''}
-    """
-    return {name: _as_text(_lookup(source, name)) for name in text_fields}
-
-
 def hits_from_response(response: Mapping[str, Any], text_fields: Sequence[str]) -> list[Hit]:
-    """Turn a search response into ``Hit``s, ranks 1..n in the engine's order."""
+    """Turn a search response into ``Hit``s, ranks 1..n in the engine's order.
+
+    Read by :func:`secondpass.connectors.hits.read_hits`; a partial answer (timed
+    out, failed shards) and malformed hits left out are logged, not raised: the
+    first stage returns what it could read.
+    """
     if response.get("timed_out"):
         logger.warning("the engine timed out; the first-stage results may be partial")
     shards = response.get("_shards") or {}
-    if shards.get("failed"):
+    if isinstance(shards, Mapping) and shards.get("failed"):
         logger.warning(
             "%s of %s shards failed; the first-stage results may be partial",
             shards.get("failed"),
             shards.get("total"),
         )
-    raw = (response.get("hits") or {}).get("hits") or []
-    hits = []
-    for rank, item in enumerate(raw, start=1):
-        source = item.get("_source") or {}
-        score = item.get("_score")
-        hits.append(
-            Hit(
-                index=str(item.get("_index", "")),
-                id=str(item["_id"]),
-                score=None if score is None else float(score),
-                rank=rank,
-                fields=extract_fields(source, text_fields),
-                source=source,
-            )
+    read = read_hits(response, text_fields)
+    if read.malformed:
+        logger.warning(
+            "left out %d malformed hit(s) of the engine's answer: %s",
+            len(read.malformed),
+            "; ".join(read.malformed[:3]),
         )
-    return hits
+    return list(read.hits)
 
 
 def index_body(

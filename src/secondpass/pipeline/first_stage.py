@@ -2,9 +2,11 @@
 
 The :class:`~secondpass.pipeline.retriever.Retriever` asks a :class:`FirstStage`
 for the top-N hits and never cares whether they came from BM25 alone
-(:class:`LexicalStage`) or from BM25 and kNN fused (:class:`HybridStage`). Both
-speak to the engine only through the ``Connector``/``AsyncConnector`` protocols
-and the encoder only through ``DenseEncoder``.
+(:class:`LexicalStage`), kNN alone (:class:`DenseStage`) or BM25 and kNN fused
+(:class:`HybridStage`). All three speak to the engine only through the
+``Connector``/``AsyncConnector`` protocols and the encoder only through
+``DenseEncoder``, and all three apply the caller's ``filters`` inside the
+engine's search, so a filtered request still returns up to ``size`` hits.
 
 A stage accepts either a synchronous or an asyncio connector. ``retrieve`` needs a
 synchronous one; ``aretrieve`` awaits an async connector directly and runs a
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Protocol, cast, runtime_checkable
+from typing import Any, Literal, Protocol, TypeAlias, cast, runtime_checkable
 
 from secondpass.connectors.base import AsyncConnector, Connector
 from secondpass.errors import ConfigurationError
@@ -26,6 +28,10 @@ from secondpass.pipeline.protocols import DenseEncoder
 from secondpass.types import Hit, KnnQuery, SearchRequest
 
 AnyConnector = Connector | AsyncConnector
+Filters: TypeAlias = Sequence[Mapping[str, Any]]
+"""Query-DSL clauses every hit must match, applied inside the engine's search."""
+Body: TypeAlias = Mapping[str, Any] | None
+"""The caller's own query DSL (the ``query`` part of a search body), or ``None``."""
 
 
 @runtime_checkable
@@ -33,23 +39,13 @@ class FirstStage(Protocol):
     """Fetches the candidate window for one query, best first, ranks 1..n."""
 
     def retrieve(
-        self,
-        query: str,
-        *,
-        size: int,
-        filters: Sequence[Mapping[str, Any]] = (),
-        body: Mapping[str, Any] | None = None,
+        self, query: str, *, size: int, filters: Filters = (), body: Body = None
     ) -> list[Hit]:
-        """Return at most ``size`` hits in first-stage order."""
+        """Return at most ``size`` hits in first-stage order, after applying every filter."""
         ...
 
     async def aretrieve(
-        self,
-        query: str,
-        *,
-        size: int,
-        filters: Sequence[Mapping[str, Any]] = (),
-        body: Mapping[str, Any] | None = None,
+        self, query: str, *, size: int, filters: Filters = (), body: Body = None
     ) -> list[Hit]:
         """The asyncio variant of :meth:`retrieve`; must not block the event loop."""
         ...
@@ -77,7 +73,58 @@ async def _search_async(connector: AnyConnector, request: SearchRequest) -> list
     return list(await asyncio.to_thread(cast(Connector, connector).search, request))
 
 
-class LexicalStage:
+def _encode_query(encoder: DenseEncoder, query: str) -> list[float]:
+    return list(encoder.encode([query])[0])
+
+
+def _knn_request(
+    query: str,
+    vector: Sequence[float],
+    *,
+    vector_field: str,
+    k: int,
+    num_candidates: int,
+    filters: Filters,
+) -> SearchRequest:
+    """A kNN search for ``k`` neighbours; the connector puts ``filters`` inside the kNN clause."""
+    knn = KnnQuery(
+        field=vector_field,
+        vector=tuple(float(x) for x in vector),
+        k=k,
+        num_candidates=max(num_candidates, k),
+    )
+    return SearchRequest(query=query, size=k, filters=tuple(filters), knn=knn)
+
+
+def _check_vector_field(vector_field: str) -> None:
+    if not vector_field:
+        msg = "vector_field must name the dense_vector/knn_vector field"
+        raise ConfigurationError(msg)
+
+
+class _Stage:
+    """The :class:`FirstStage` methods, written once; a stage implements ``_fetch``/``_afetch``."""
+
+    def retrieve(
+        self, query: str, *, size: int, filters: Filters = (), body: Body = None
+    ) -> list[Hit]:
+        """Return at most ``size`` hits in first-stage order."""
+        return self._fetch(query, size, tuple(filters), body)
+
+    async def aretrieve(
+        self, query: str, *, size: int, filters: Filters = (), body: Body = None
+    ) -> list[Hit]:
+        """The asyncio variant of :meth:`retrieve`; never blocks the event loop."""
+        return await self._afetch(query, size, tuple(filters), body)
+
+    def _fetch(self, query: str, size: int, filters: Filters, body: Body) -> list[Hit]:
+        raise NotImplementedError
+
+    async def _afetch(self, query: str, size: int, filters: Filters, body: Body) -> list[Hit]:
+        raise NotImplementedError
+
+
+class LexicalStage(_Stage):
     """The engine's own ranking (BM25 ``multi_match``, or the caller's query DSL).
 
     Example:
@@ -88,35 +135,83 @@ class LexicalStage:
     def __init__(self, connector: AnyConnector) -> None:
         self.connector = connector
 
+    def _fetch(self, query: str, size: int, filters: Filters, body: Body) -> list[Hit]:
+        request = SearchRequest(query=query, size=size, filters=filters, body=body)
+        return _search_sync(self.connector, request)
+
+    async def _afetch(self, query: str, size: int, filters: Filters, body: Body) -> list[Hit]:
+        request = SearchRequest(query=query, size=size, filters=filters, body=body)
+        return await _search_async(self.connector, request)
+
+
+class DenseStage(_Stage):
+    """kNN only: embed the query and ask the engine for its nearest vectors.
+
+    Filters go into the kNN search itself (Elasticsearch ``knn.filter``,
+    OpenSearch's k-NN ``filter``), so the engine filters while it walks the
+    graph and still returns ``size`` neighbours, as :class:`HybridStage` does
+    for its dense side. There is no lexical query for a caller's ``body`` to
+    replace, so a ``body`` is refused rather than silently dropped.
+    ``num_candidates`` is the engine's candidate list per shard (by default
+    ``max(2 * size, 100)``; never below ``size``).
+
+    Example:
+        >>> stage = DenseStage(connector, encoder, vector_field="embedding")  # doctest: +SKIP
+        >>> stage.retrieve("what do cats eat", size=100, filters=[{"term": {"lang": "en"}}])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        connector: AnyConnector,
+        encoder: DenseEncoder,
+        vector_field: str,
+        *,
+        num_candidates: int | None = None,
+    ) -> None:
+        _check_vector_field(vector_field)
+        if num_candidates is not None and num_candidates < 1:
+            msg = f"num_candidates must be >= 1, got {num_candidates}"
+            raise ConfigurationError(msg)
+        self.connector = connector
+        self.encoder = encoder
+        self.vector_field = vector_field
+        self.num_candidates = num_candidates
+
     def _request(
-        self, query: str, size: int, filters: Sequence[Mapping[str, Any]], body: Mapping[str, Any] | None
+        self, query: str, vector: Sequence[float], size: int, filters: Filters
     ) -> SearchRequest:
-        return SearchRequest(query=query, size=size, filters=tuple(filters), body=body)
+        candidates = max(2 * size, 100) if self.num_candidates is None else self.num_candidates
+        return _knn_request(
+            query,
+            vector,
+            vector_field=self.vector_field,
+            k=size,
+            num_candidates=candidates,
+            filters=filters,
+        )
 
-    def retrieve(
-        self,
-        query: str,
-        *,
-        size: int,
-        filters: Sequence[Mapping[str, Any]] = (),
-        body: Mapping[str, Any] | None = None,
-    ) -> list[Hit]:
-        """Return the connector's top ``size`` hits."""
-        return _search_sync(self.connector, self._request(query, size, filters, body))
+    @staticmethod
+    def _refuse(body: Body) -> None:
+        if body is not None:
+            msg = "the dense first stage has no lexical query for a body to replace; pass filters instead"
+            raise ConfigurationError(msg)
 
-    async def aretrieve(
-        self,
-        query: str,
-        *,
-        size: int,
-        filters: Sequence[Mapping[str, Any]] = (),
-        body: Mapping[str, Any] | None = None,
-    ) -> list[Hit]:
-        """Return the connector's top ``size`` hits without blocking the event loop."""
-        return await _search_async(self.connector, self._request(query, size, filters, body))
+    def _fetch(self, query: str, size: int, filters: Filters, body: Body) -> list[Hit]:
+        self._refuse(body)
+        if size <= 0:
+            return []
+        vector = _encode_query(self.encoder, query)
+        return _search_sync(self.connector, self._request(query, vector, size, filters))
+
+    async def _afetch(self, query: str, size: int, filters: Filters, body: Body) -> list[Hit]:
+        self._refuse(body)
+        if size <= 0:
+            return []
+        vector = await asyncio.to_thread(_encode_query, self.encoder, query)
+        return await _search_async(self.connector, self._request(query, vector, size, filters))
 
 
-class HybridStage:
+class HybridStage(_Stage):
     """BM25 and kNN on one index, fused into one list.
 
     Two requests go to the engine (a lexical one and a ``knn`` one on
@@ -159,9 +254,7 @@ class HybridStage:
         if not 0.0 <= alpha <= 1.0:
             msg = f"alpha must be within [0, 1], got {alpha}"
             raise ConfigurationError(msg)
-        if not vector_field:
-            msg = "vector_field must name the dense_vector/knn_vector field"
-            raise ConfigurationError(msg)
+        _check_vector_field(vector_field)
         self.connector = connector
         self.encoder = encoder
         self.vector_field = vector_field
@@ -175,23 +268,19 @@ class HybridStage:
         self.knn_candidates = knn_candidates
 
     def _requests(
-        self,
-        query: str,
-        vector: Sequence[float],
-        size: int,
-        filters: Sequence[Mapping[str, Any]],
-        body: Mapping[str, Any] | None,
+        self, query: str, vector: Sequence[float], size: int, filters: Filters, body: Body
     ) -> tuple[SearchRequest, SearchRequest]:
         per_side = max(size, self.depth)
         candidates = 2 * per_side if self.knn_candidates is None else self.knn_candidates
-        knn = KnnQuery(
-            field=self.vector_field,
-            vector=tuple(float(x) for x in vector),
-            k=per_side,
-            num_candidates=max(candidates, per_side),
-        )
         lexical = SearchRequest(query=query, size=per_side, filters=tuple(filters), body=body)
-        dense = SearchRequest(query=query, size=per_side, filters=tuple(filters), knn=knn)
+        dense = _knn_request(
+            query,
+            vector,
+            vector_field=self.vector_field,
+            k=per_side,
+            num_candidates=candidates,
+            filters=filters,
+        )
         return lexical, dense
 
     def _fuse(self, lexical: list[Hit], dense: list[Hit], size: int) -> list[Hit]:
@@ -201,38 +290,20 @@ class HybridStage:
             fused = linear_fusion([lexical, dense], weights=(self.alpha, 1.0 - self.alpha))
         return fused[:size]
 
-    def _encode(self, query: str) -> list[float]:
-        vectors = self.encoder.encode([query])
-        return list(vectors[0])
-
-    def retrieve(
-        self,
-        query: str,
-        *,
-        size: int,
-        filters: Sequence[Mapping[str, Any]] = (),
-        body: Mapping[str, Any] | None = None,
-    ) -> list[Hit]:
-        """Encode the query, run both searches and return the fused top ``size``."""
+    def _fetch(self, query: str, size: int, filters: Filters, body: Body) -> list[Hit]:
         if size <= 0:
             return []
-        lexical_req, dense_req = self._requests(query, self._encode(query), size, filters, body)
+        vector = _encode_query(self.encoder, query)
+        lexical_req, dense_req = self._requests(query, vector, size, filters, body)
         lexical = _search_sync(self.connector, lexical_req)
         dense = _search_sync(self.connector, dense_req)
         return self._fuse(lexical, dense, size)
 
-    async def aretrieve(
-        self,
-        query: str,
-        *,
-        size: int,
-        filters: Sequence[Mapping[str, Any]] = (),
-        body: Mapping[str, Any] | None = None,
-    ) -> list[Hit]:
-        """Like :meth:`retrieve`, with both searches in flight at once."""
+    async def _afetch(self, query: str, size: int, filters: Filters, body: Body) -> list[Hit]:
+        # Both searches in flight at once.
         if size <= 0:
             return []
-        vector = await asyncio.to_thread(self._encode, query)
+        vector = await asyncio.to_thread(_encode_query, self.encoder, query)
         lexical_req, dense_req = self._requests(query, vector, size, filters, body)
         lexical, dense = await asyncio.gather(
             _search_async(self.connector, lexical_req), _search_async(self.connector, dense_req)

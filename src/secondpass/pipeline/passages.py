@@ -3,9 +3,11 @@ r"""What text the model sees: multi-field passage templates and the long-documen
 A search hit has fields (``title``, ``text``, ...) and a cross-encoder has a
 fixed window (512 tokens for most), shared between the query and the passage.
 This module decides, with pure functions and no model code, how a hit becomes
-one passage string (:class:`PassageTemplate`) and which tokens of a long
-passage are scored (:func:`longest_first` for ``truncate``,
-:func:`plan_windows` for ``chunk``).
+one passage string (:func:`render_passage` for any :data:`TemplateLike`: a
+:class:`PassageTemplate`, a format string or a callable; every front-end, the
+proxy included, renders through it) and which tokens of a long passage are
+scored (:func:`longest_first` for ``truncate``, :func:`plan_windows` for
+``chunk``).
 
 Binding a tokenizer to a template:
     A template's per-field budgets are in tokens of the model that scores the
@@ -20,17 +22,19 @@ Binding a tokenizer to a template:
 Example:
     >>> template = PassageTemplate(fields=("title", "text"), budgets={"title": 4})
     >>> template.render({"title": "A very long title that goes on", "text": "Body."})
-    'A very long title\\nBody.'
+    'A very long title\nBody.'
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+import string
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
 from secondpass.errors import ConfigurationError
+from secondpass.types import Hit
 
 LongDocumentPolicy = Literal["truncate", "chunk"]
 """``truncate``: keep the head of the passage (tail cut); ``chunk``: score overlapping windows."""
@@ -79,7 +83,7 @@ class PassageTemplate:
     Example:
         >>> PassageTemplate(fields=("title", "text"), labels=True).render(
         ...     {"title": "Cats", "text": "They purr."})
-        'title: Cats\\ntext: They purr.'
+        'title: Cats\ntext: They purr.'
     """
 
     fields: tuple[str, ...] = ("title", "text")
@@ -233,3 +237,61 @@ def split_blank(passages: Sequence[str]) -> tuple[list[int], list[int]]:
     for index, passage in enumerate(passages):
         (blank if is_blank(passage) else scored).append(index)
     return scored, blank
+
+
+TemplateLike: TypeAlias = PassageTemplate | str | Callable[[Hit], str]
+"""How a hit becomes the passage the model reads.
+
+A :class:`PassageTemplate` (field order, token budgets per field, labels)
+renders ``hit.fields``; a string is a ``str.format`` template over
+``hit.fields`` (``"{title}: {body}"``, a field the hit lacks renders as
+``""``); a callable gets the hit and returns the text. ``None`` joins the
+non-blank values of ``hit.fields`` with newlines, in the connector's order.
+"""
+
+
+class _BlankMissing(dict[str, str]):
+    """Format mapping that renders a field the hit does not have as empty text."""
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def check_template(template: TemplateLike | None) -> None:
+    """Reject string templates that do more than name fields.
+
+    Attribute or index lookups (``{title.__class__}``) would let a template reach
+    into Python objects; plain names are all a passage needs. Front-ends call
+    this when they are configured, so a bad template fails at start-up rather
+    than on the first request.
+    """
+    if template is None or callable(template) or isinstance(template, PassageTemplate):
+        return
+    if not isinstance(template, str):
+        msg = "template must be a PassageTemplate, a str.format string, a callable(Hit) -> str, or None"
+        raise ConfigurationError(msg)
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        msg = f"template is not a valid format string: {exc}"
+        raise ConfigurationError(msg) from exc
+    for _, name, _, _ in parsed:
+        if name is not None and not name.isidentifier():
+            msg = f"template fields must be plain field names, got {{{name}}}"
+            raise ConfigurationError(msg)
+
+
+def render_passage(hit: Hit, template: TemplateLike | None = None) -> str:
+    """Return the text the model scores for ``hit`` (see :data:`TemplateLike`).
+
+    Example:
+        >>> render_passage(Hit("d", "1", 1.0, 1, {"title": "Cats", "body": "purr"}), "{title}: {body}")
+        'Cats: purr'
+    """
+    if template is None:
+        return "\n".join(v.strip() for v in hit.fields.values() if v and v.strip())
+    if isinstance(template, PassageTemplate):
+        return template.render(hit.fields)
+    if callable(template):
+        return str(template(hit))
+    return template.format_map(_BlankMissing(hit.fields)).strip()

@@ -1,10 +1,12 @@
-"""The retrieval facade: first stage -> dedupe -> passages -> cache -> score misses -> order -> top-K.
+"""The retrieval facade: first stage -> dedupe -> passages -> scoring engine -> order -> top-K.
 
 Read :meth:`Retriever.search` and :meth:`Retriever.rerank_hits` top to bottom and
 you have the whole request path. Everything engine- or model-specific sits behind
 the protocols in :mod:`secondpass.connectors.base` and
 :mod:`secondpass.pipeline.protocols`; this module never imports an engine client
-or torch.
+or torch. Scoring (cache, blank passages, batching, breaker, deadline) is the
+:class:`~secondpass.pipeline.engine.ScoringEngine`'s, the same one the HTTP
+service and the proxy use.
 
 Guarantees a caller can rely on:
 
@@ -16,18 +18,22 @@ Guarantees a caller can rely on:
 * **Degraded answers are never silent.** If scoring fails or overruns the
   deadline, the first-stage order comes back with ``status`` ``"failed"`` (or
   ``"skipped"`` when there was no time left to try) and a ``reason``, within
-  the deadline: scoring runs in a worker thread that the caller stops waiting
-  for. ``mode="required"`` raises :class:`~secondpass.errors.RerankError` instead.
+  the deadline: the engine stops waiting for the model at the deadline.
+  ``mode="required"`` raises :class:`~secondpass.errors.RerankError` instead.
 * **A failing scorer is not called again and again.** With a
   :class:`~secondpass.pipeline.breaker.CircuitBreaker`, every scorer failure or
   deadline overrun counts against it; once it opens, requests skip scoring at
   once (``status="skipped"``, reason ``"circuit open: ..."``, or
   :class:`~secondpass.errors.CircuitOpenError` in required mode) until a single
   probe request is let through and succeeds. Sync and asyncio calls share it.
-  A scoring call the caller gave up on still finishes in the background and
+  A batch the model was running when the caller gave up still finishes and
   writes its scores to the cache, so the next identical request is fast.
+* **One queue.** Concurrent calls, sync and asyncio alike, feed one batch queue
+  (the engine's), so their passages share forward passes; a call that cannot
+  be scored in time is refused at once (``status="skipped"``, reason
+  ``"overloaded: ..."``, or :class:`~secondpass.errors.OverloadedError`).
 * **Empty passages** (empty or whitespace-only after rendering) are kept and get
-  :data:`~secondpass.types.EMPTY_PASSAGE_RAW_SCORE` (normalised 0.0) without
+  :data:`~secondpass.pipeline.engine.BLANK_SCORE` (normalised 0.0) without
   calling the model, so they rank last among reranked hits.
 * **min_score** drops reranked hits whose ranking score (raw or normalised, per
   ``rank_by``) is below it. Hits that were not reranked have no score and are
@@ -36,95 +42,31 @@ Guarantees a caller can rely on:
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import math
-import string
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeoutError
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from secondpass.errors import CircuitOpenError, ConfigurationError, RerankError
-from secondpass.pipeline.breaker import CircuitBreaker
-from secondpass.pipeline.cached_scoring import score_with_cache
-from secondpass.pipeline.first_stage import AnyConnector, FirstStage, LexicalStage
-from secondpass.pipeline.passages import PassageTemplate
-from secondpass.pipeline.protocols import ScoreCache, Scorer
-from secondpass.types import (
-    EMPTY_PASSAGE_RAW_SCORE,
-    Hit,
-    PassageScore,
-    RankedHit,
-    RerankStatus,
-    SearchResult,
+from secondpass.errors import (
+    CircuitOpenError,
+    ConfigurationError,
+    OverloadedError,
+    RerankError,
+    ScoringDeadlineError,
 )
+from secondpass.pipeline.breaker import CircuitBreaker
+from secondpass.pipeline.engine import EngineResult, ScoringEngine
+from secondpass.pipeline.first_stage import AnyConnector, FirstStage, LexicalStage
+from secondpass.pipeline.passages import TemplateLike, check_template, render_passage
+from secondpass.pipeline.protocols import ScoreCache, Scorer
+from secondpass.types import Hit, PassageScore, RankedHit, RerankStatus, SearchResult
 
 logger = logging.getLogger(__name__)
 
-TemplateLike = PassageTemplate | str | Callable[[Hit], str]
-"""How a hit becomes the passage the model reads.
-
-A :class:`~secondpass.pipeline.passages.PassageTemplate` (field order, token
-budgets per field, labels) renders ``hit.fields``; a string is a ``str.format``
-template over ``hit.fields`` (``"{title}: {body}"``, a field the hit lacks
-renders as ``""``); a callable gets the hit and returns the text. ``None`` joins
-the non-blank values of ``hit.fields`` with newlines, in the connector's order.
-"""
-
-_EMPTY_SCORE = PassageScore(raw=EMPTY_PASSAGE_RAW_SCORE, normalized=0.0)
-_SCORING_THREADS = 4
-_EWMA_ALPHA = 0.3
 _REASON_LIMIT = 300
 _REFILL_ROUNDS = 4
-
-
-class _BlankMissing(dict[str, str]):
-    """Format mapping that renders a field the hit does not have as empty text."""
-
-    def __missing__(self, key: str) -> str:
-        return ""
-
-
-def _check_template(template: TemplateLike | None) -> None:
-    """Reject string templates that do more than name fields.
-
-    Attribute or index lookups (``{title.__class__}``) would let a template reach
-    into Python objects; plain names are all a passage needs.
-    """
-    if template is None or callable(template) or isinstance(template, PassageTemplate):
-        return
-    if not isinstance(template, str):
-        msg = "template must be a PassageTemplate, a str.format string, a callable(Hit) -> str, or None"
-        raise ConfigurationError(msg)
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        msg = f"template is not a valid format string: {exc}"
-        raise ConfigurationError(msg) from exc
-    for _, name, _, _ in parsed:
-        if name is not None and not name.isidentifier():
-            msg = f"template fields must be plain field names, got {{{name}}}"
-            raise ConfigurationError(msg)
-
-
-def render_passage(hit: Hit, template: TemplateLike | None = None) -> str:
-    """Return the text the model scores for ``hit`` (see :data:`TemplateLike`).
-
-    Example:
-        >>> render_passage(Hit("d", "1", 1.0, 1, {"title": "Cats", "body": "purr"}), "{title}: {body}")
-        'Cats: purr'
-    """
-    if template is None:
-        return "\n".join(v.strip() for v in hit.fields.values() if v and v.strip())
-    if isinstance(template, PassageTemplate):
-        return template.render(hit.fields)
-    if callable(template):
-        return str(template(hit))
-    return template.format_map(_BlankMissing(hit.fields)).strip()
 
 
 def dedupe_hits(hits: Sequence[Hit]) -> list[Hit]:
@@ -141,87 +83,32 @@ def dedupe_hits(hits: Sequence[Hit]) -> list[Hit]:
     return [entry[2] for entry in sorted(best.values(), key=lambda e: e[:2])]
 
 
-class _Throughput:
-    """Exponentially weighted estimate of scoring speed, in passages per second.
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Call:
+    """What one search or rerank call asked for, threaded through the helpers as one value."""
 
-    Updated after every model call (including ones the caller stopped waiting
-    for, which are exactly the slow ones worth learning from).
-    """
+    query: str
+    k: int | None  # page size; None: everything from ``offset`` on
+    offset: int
+    started: float  # time.perf_counter() when the call began
+    deadline_at: float | None  # time.perf_counter() by which the answer is due
 
-    def __init__(self, alpha: float = _EWMA_ALPHA) -> None:
-        self.alpha = alpha
-        self._rate: float | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def passages_per_s(self) -> float | None:
-        return self._rate
-
-    def observe(self, passages: int, seconds: float) -> None:
-        if passages <= 0 or seconds <= 0:
-            return
-        rate = passages / seconds
-        with self._lock:
-            self._rate = rate if self._rate is None else (
-                self.alpha * rate + (1 - self.alpha) * self._rate
-            )
-
-    def fits(self, seconds: float) -> int | None:
-        """How many passages fit in ``seconds``; ``None`` before any measurement."""
-        rate = self._rate
-        if rate is None:
+    def engine_deadline(self) -> float | None:
+        """The deadline on the engine's clock (absolute ``time.monotonic()`` seconds)."""
+        if self.deadline_at is None:
             return None
-        return int(rate * max(seconds, 0.0))
+        return time.monotonic() + (self.deadline_at - time.perf_counter())
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Plan:
     """What one request will rerank, decided before any model call."""
 
-    query: str
-    to_score: tuple[Hit, ...]  # window head the model (or cache) will score, first-stage order
-    texts: tuple[str, ...]  # rendered passage per ``to_score`` hit
-    items: tuple[tuple[str, str, str], ...]  # (index, id, text) of the non-empty passages
+    to_score: tuple[Hit, ...]  # window head the engine will score, first-stage order
+    items: tuple[tuple[str, str, str], ...]  # (index, id, rendered text) per ``to_score`` hit
     unscored: tuple[Hit, ...]  # rest of the window (budget) and past the window, first-stage order
     window: int  # hits in the rerank window after dedupe
     partial_reason: str | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Scored:
-    """Scores for the plan's non-empty passages, in input order, plus what it cost."""
-
-    scores: tuple[PassageScore, ...]
-    cache_hits: int
-    cache_misses: int
-    timings_ms: Mapping[str, float]
-
-
-def _score_items(
-    scorer: Scorer,
-    cache: ScoreCache | None,
-    query: str,
-    items: Sequence[tuple[str, str, str]],
-    throughput: _Throughput,
-) -> _Scored:
-    """Worker-thread body: one cache lookup, one model call for the misses, write-back.
-
-    Also feeds the throughput estimate and refuses scores that cannot be ordered
-    (NaN or infinite), so a broken model degrades the answer instead of
-    scrambling it.
-    """
-    outcome = score_with_cache(scorer, cache, query, items)
-    throughput.observe(outcome.scored, outcome.timings_ms.get("scorer", 0.0) / 1000)
-    for score in outcome.scores:
-        if not (math.isfinite(score.raw) and math.isfinite(score.normalized)):
-            msg = f"scorer returned a non-finite score ({score.raw!r}, {score.normalized!r})"
-            raise RerankError(msg)
-    return _Scored(
-        scores=outcome.scores,
-        cache_hits=outcome.hits,
-        cache_misses=outcome.misses,
-        timings_ms=outcome.timings_ms,
-    )
 
 
 class Retriever:
@@ -233,22 +120,28 @@ class Retriever:
     ``window`` hits are reranked; ``rank_by`` picks the raw logit or the
     normalised score for ordering and for ``min_score``.
 
-    ``deadline_ms`` is a hard limit counted from the start of the call: reranking
-    gets what the first stage left of it (the first stage itself is bounded by the
-    connector's own timeouts), and past it the answer is the first-stage order
-    (``mode="best_effort"``) or :class:`RerankError` (``mode="required"``). ``latency_budget_ms`` is a soft target: the retriever
-    keeps a running estimate of scoring throughput and reranks only as many of the
-    window's hits as fit in what is left of the budget after the first stage
-    (``status="partial"``); until it has a first measurement it reranks the whole
-    window. The budget counts every window passage as a model call (cache hits
-    are not known in advance), so it errs on the fast side.
-
-    ``breaker`` (optional, may be shared by several retrievers on one scorer)
+    Scoring goes through ``engine`` (a
+    :class:`~secondpass.pipeline.engine.ScoringEngine`, which several retrievers
+    and front-ends may share so their passages share one batch queue), or through
+    one built from ``scorer``, ``cache`` and ``breaker`` when no engine is given.
+    ``breaker`` (optional, may be shared by several engines on one scorer)
     records each scoring failure or deadline overrun and each success; while it
     is open, reranking is skipped without calling the scorer.
 
-    Construction does no I/O and starts no thread; the scoring threads start on
-    the first request. Call :meth:`close` (or use ``with``) to stop them.
+    ``deadline_ms`` is a hard limit counted from the start of the call: reranking
+    gets what the first stage left of it (the first stage itself is bounded by the
+    connector's own timeouts), and past it the answer is the first-stage order
+    (``mode="best_effort"``) or :class:`RerankError` (``mode="required"``).
+    ``latency_budget_ms`` is a soft target: the engine measures scoring
+    throughput and the retriever reranks only as many of the window's hits as fit
+    in what is left of the budget after the first stage (``status="partial"``);
+    until there is a first measurement it reranks the whole window. The budget
+    counts every window passage as a model call (cache hits are not known in
+    advance), so it errs on the fast side.
+
+    Construction does no I/O and starts no thread; the engine starts on the first
+    request. Call :meth:`close` (or use ``with``) to stop an engine the retriever
+    built itself (a shared ``engine`` is its owner's to close).
 
     Example:
         >>> retriever = Retriever(connector=connector, scorer=scorer, window=50)  # doctest: +SKIP
@@ -260,7 +153,7 @@ class Retriever:
         self,
         *,
         connector: AnyConnector | None = None,
-        scorer: Scorer,
+        scorer: Scorer | None = None,
         cache: ScoreCache | None = None,
         template: TemplateLike | None = None,
         window: int = 100,
@@ -271,6 +164,7 @@ class Retriever:
         min_score: float | None = None,
         first_stage: FirstStage | None = None,
         breaker: CircuitBreaker | None = None,
+        engine: ScoringEngine | None = None,
     ) -> None:
         if window < 1:
             msg = f"window must be >= 1, got {window}"
@@ -288,10 +182,20 @@ class Retriever:
         if min_score is not None and not math.isfinite(min_score):
             msg = f"min_score must be a finite number or None, got {min_score}"
             raise ConfigurationError(msg)
-        _check_template(template)
+        check_template(template)
+        if engine is None:
+            if scorer is None:
+                msg = "pass scorer= (with optional cache= and breaker=) or a shared engine="
+                raise ConfigurationError(msg)
+            engine = ScoringEngine(scorer=scorer, cache=cache, breaker=breaker)
+            self._owns_engine = True
+        elif scorer is not None or cache is not None or breaker is not None:
+            msg = "pass either engine= or scorer=/cache=/breaker=, not both: the engine has its own"
+            raise ConfigurationError(msg)
+        else:
+            self._owns_engine = False
+        self.engine = engine
         self.connector = connector
-        self.scorer = scorer
-        self.cache = cache
         self.template = template
         self.window = window
         self.mode = mode
@@ -302,10 +206,21 @@ class Retriever:
         if first_stage is None and connector is not None:
             first_stage = LexicalStage(connector)
         self.first_stage = first_stage
-        self.breaker = breaker
-        self.throughput = _Throughput()
-        self._executor: ThreadPoolExecutor | None = None
-        self._executor_lock = threading.Lock()
+
+    @property
+    def scorer(self) -> Scorer:
+        """The engine's scorer."""
+        return self.engine.scorer
+
+    @property
+    def cache(self) -> ScoreCache | None:
+        """The engine's score cache."""
+        return self.engine.cache
+
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        """The engine's circuit breaker."""
+        return self.engine.breaker
 
     # ------------------------------------------------------------------ public API
 
@@ -320,12 +235,10 @@ class Retriever:
         deadline_ms: float | None = None,
     ) -> SearchResult:
         """Fetch the first stage and return hits ``offset .. offset + k`` of the reranked order."""
-        started = time.perf_counter()
-        _check_page(k, offset)
+        call = self._call(query, k, offset, deadline_ms)
         hits = self._fetch(query, max(self.window, offset + k), tuple(filters or ()), body)
-        first_stage_ms = (time.perf_counter() - started) * 1000
-        result = self._rerank(query, hits, k, offset, started, deadline_ms)
-        return _with_first_stage(result, first_stage_ms, started)
+        first_stage_ms = (time.perf_counter() - call.started) * 1000
+        return _with_first_stage(self._rerank(call, hits), first_stage_ms, call.started)
 
     async def asearch(
         self,
@@ -337,13 +250,11 @@ class Retriever:
         body: Mapping[str, Any] | None = None,
         deadline_ms: float | None = None,
     ) -> SearchResult:
-        """The asyncio variant of :meth:`search`; the model runs in a worker thread."""
-        started = time.perf_counter()
-        _check_page(k, offset)
+        """The asyncio variant of :meth:`search`; the event loop never waits on the model."""
+        call = self._call(query, k, offset, deadline_ms)
         hits = await self._afetch(query, max(self.window, offset + k), tuple(filters or ()), body)
-        first_stage_ms = (time.perf_counter() - started) * 1000
-        result = await self._arerank(query, hits, k, offset, started, deadline_ms)
-        return _with_first_stage(result, first_stage_ms, started)
+        first_stage_ms = (time.perf_counter() - call.started) * 1000
+        return _with_first_stage(await self._arerank(call, hits), first_stage_ms, call.started)
 
     def rerank_hits(
         self,
@@ -360,8 +271,7 @@ class Retriever:
         reranked and the rest follow in their given order. ``k=None`` returns
         everything from ``offset`` on. ``deadline_ms`` counts from this call.
         """
-        started = time.perf_counter()
-        return self._rerank(query, hits, k, offset, started, deadline_ms)
+        return self._rerank(self._call(query, k, offset, deadline_ms), hits)
 
     async def arerank_hits(
         self,
@@ -372,16 +282,13 @@ class Retriever:
         offset: int = 0,
         deadline_ms: float | None = None,
     ) -> SearchResult:
-        """The asyncio variant of :meth:`rerank_hits`; the model runs in a worker thread."""
-        started = time.perf_counter()
-        return await self._arerank(query, hits, k, offset, started, deadline_ms)
+        """The asyncio variant of :meth:`rerank_hits`; cancelling it drops its queued passages."""
+        return await self._arerank(self._call(query, k, offset, deadline_ms), hits)
 
     def close(self) -> None:
-        """Stop the scoring threads (without waiting for abandoned calls). Idempotent."""
-        with self._executor_lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the engine this retriever built (a shared one is left running). Idempotent."""
+        if self._owns_engine:
+            self.engine.close()
 
     def __enter__(self) -> Retriever:
         return self
@@ -390,6 +297,17 @@ class Retriever:
         self.close()
 
     # ------------------------------------------------------------- the request path
+
+    def _call(self, query: str, k: int | None, offset: int, deadline_ms: float | None) -> _Call:
+        """Check the page arguments and start the call's clock."""
+        started = time.perf_counter()
+        _check_page(k, offset)
+        deadline_ms = self.deadline_ms if deadline_ms is None else deadline_ms
+        if deadline_ms is not None and not deadline_ms > 0:
+            msg = f"deadline_ms must be > 0, got {deadline_ms}"
+            raise ConfigurationError(msg)
+        deadline_at = None if deadline_ms is None else started + deadline_ms / 1000
+        return _Call(query=query, k=k, offset=offset, started=started, deadline_at=deadline_at)
 
     def _fetch(
         self, query: str, want: int, filters: tuple[Mapping[str, Any], ...], body: Mapping[str, Any] | None
@@ -421,129 +339,61 @@ class Retriever:
             hits = await stage.aretrieve(query, size=size, filters=filters, body=body)
         return hits
 
-    def _rerank(
-        self,
-        query: str,
-        hits: Sequence[Hit],
-        k: int | None,
-        offset: int,
-        started: float,
-        deadline_ms: float | None,
-    ) -> SearchResult:
-        plan, deadline_at, early = self._prepare(query, hits, k, offset, started, deadline_ms)
+    def _rerank(self, call: _Call, hits: Sequence[Hit]) -> SearchResult:
+        plan, early = self._prepare(call, hits)
         if early is not None:
             return early
-        future = self._submit(plan)
         try:
-            scored = future.result(timeout=_time_left(deadline_at))
-        except FutureTimeoutError as exc:
-            future.cancel()
-            return self._timed_out(plan, exc, k, offset, started, deadline_at)
-        except Exception as exc:  # noqa: BLE001 - any scorer fault degrades, never crashes search
-            return self._failed(plan, exc, k, offset, started)
-        return self._scored(plan, scored, k, offset, started)
+            scored = self.engine.score_sync(call.query, plan.items, deadline=call.engine_deadline())
+        except Exception as exc:  # noqa: BLE001 - any scoring fault degrades, never crashes search
+            return self._unscored(call, plan, exc)
+        return self._finish(call, plan, scored)
 
-    async def _arerank(
-        self,
-        query: str,
-        hits: Sequence[Hit],
-        k: int | None,
-        offset: int,
-        started: float,
-        deadline_ms: float | None,
-    ) -> SearchResult:
-        """The asyncio twin of :meth:`_rerank`: the same steps, awaiting the scoring thread."""
-        plan, deadline_at, early = self._prepare(query, hits, k, offset, started, deadline_ms)
+    async def _arerank(self, call: _Call, hits: Sequence[Hit]) -> SearchResult:
+        """The asyncio twin of :meth:`_rerank`: the same steps, awaiting the engine."""
+        plan, early = self._prepare(call, hits)
         if early is not None:
             return early
-        future = asyncio.wrap_future(self._submit(plan))
         try:
-            scored = await asyncio.wait_for(future, timeout=_time_left(deadline_at))
-        except asyncio.TimeoutError as exc:
-            return self._timed_out(plan, exc, k, offset, started, deadline_at)
-        except Exception as exc:  # noqa: BLE001 - any scorer fault degrades, never crashes search
-            return self._failed(plan, exc, k, offset, started)
-        return self._scored(plan, scored, k, offset, started)
+            scored = await self.engine.score(call.query, plan.items, deadline=call.engine_deadline())
+        except Exception as exc:  # noqa: BLE001 - any scoring fault degrades, never crashes search
+            return self._unscored(call, plan, exc)
+        return self._finish(call, plan, scored)
 
-    def _prepare(
-        self,
-        query: str,
-        hits: Sequence[Hit],
-        k: int | None,
-        offset: int,
-        started: float,
-        deadline_ms: float | None,
-    ) -> tuple[_Plan, float | None, SearchResult | None]:
-        """The plan, the deadline, and the answer when the model must not (or need not) run."""
-        _check_page(k, offset)
-        deadline_at = self._deadline_at(started, deadline_ms)
-        plan = self._plan(query, hits, started, deadline_at)
+    def _prepare(self, call: _Call, hits: Sequence[Hit]) -> tuple[_Plan, SearchResult | None]:
+        """The plan, and the answer when the engine must not (or need not) be asked."""
+        plan = self._plan(call, hits)
         early: SearchResult | None = None
-        if not plan.items:  # nothing for the model: no thread hop, no model call
-            early = self._finish(plan, _Scored((), 0, 0, {}), "ok", None, k, offset, started)
-        elif deadline_at is not None and time.perf_counter() >= deadline_at:
-            reason = self._spent_reason(started)
-            early = self._degrade(plan, "skipped", reason, None, k, offset, started)
-        elif self.breaker is not None and not self.breaker.allow():
-            early = self._circuit_open(plan, k, offset, started)
-        return plan, deadline_at, early
+        if not plan.items:  # nothing to score: the engine is not even started
+            early = self._finish(call, plan, None)
+        elif call.deadline_at is not None and time.perf_counter() >= call.deadline_at:
+            reason = _spent_reason(call)
+            early = self._degrade(call, plan, "skipped", reason, None)
+        return plan, early
 
-    def _timed_out(
-        self,
-        plan: _Plan,
-        exc: BaseException,
-        k: int | None,
-        offset: int,
-        started: float,
-        deadline_at: float | None,
-    ) -> SearchResult:
-        self._scoring_failed()
-        reason = self._deadline_reason(started, deadline_at)
-        return self._degrade(plan, "failed", reason, exc, k, offset, started)
-
-    def _failed(
-        self, plan: _Plan, exc: BaseException, k: int | None, offset: int, started: float
-    ) -> SearchResult:
-        self._scoring_failed()
-        return self._degrade(plan, "failed", _failure_reason(exc), exc, k, offset, started)
-
-    def _scored(
-        self, plan: _Plan, scored: _Scored, k: int | None, offset: int, started: float
-    ) -> SearchResult:
-        if self.breaker is not None:
-            self.breaker.record_success()
-        return self._finish(plan, scored, "ok", None, k, offset, started)
-
-    def _plan(
-        self, query: str, hits: Sequence[Hit], started: float, deadline_at: float | None
-    ) -> _Plan:
+    def _plan(self, call: _Call, hits: Sequence[Hit]) -> _Plan:
         """Dedupe, cut the window, size it to the latency budget, render the passages."""
         ordered = dedupe_hits(hits)
         window = ordered[: self.window]
         beyond = ordered[self.window :]
-        fit = self._budget_fit(started, deadline_at)
+        fit = self._budget_fit(call)
         partial_reason = None
         if fit is not None and fit < len(window):
             partial_reason = (
                 f"latency budget of {self.latency_budget_ms:g} ms: reranked {fit} of "
                 f"{len(window)} window hits (estimated "
-                f"{self.throughput.passages_per_s or 0:.0f} passages/s)"
+                f"{self.engine.throughput() or 0:.0f} passages/s)"
             )
             window, beyond = window[:fit], window[fit:] + beyond
-        texts = tuple(render_passage(hit, self.template) for hit in window)
         return _Plan(
-            query=query,
             to_score=tuple(window),
-            texts=texts,
-            items=tuple(
-                (hit.index, hit.id, text) for hit, text in zip(window, texts, strict=True) if text.strip()
-            ),
+            items=tuple((hit.index, hit.id, render_passage(hit, self.template)) for hit in window),
             unscored=tuple(beyond),
             window=min(len(ordered), self.window),
             partial_reason=partial_reason,
         )
 
-    def _budget_fit(self, started: float, deadline_at: float | None) -> int | None:
+    def _budget_fit(self, call: _Call) -> int | None:
         """Window hits the latency budget allows; ``None`` means no limit.
 
         At least one hit is always tried (when any time is left), so a single slow
@@ -551,93 +401,69 @@ class Retriever:
         """
         if self.latency_budget_ms is None:
             return None
-        budget_left = started + self.latency_budget_ms / 1000 - time.perf_counter()
-        if deadline_at is not None:
-            budget_left = min(budget_left, deadline_at - time.perf_counter())
-        fit = self.throughput.fits(budget_left)
-        if fit is None:
+        rate = self.engine.throughput()
+        if rate is None:
             return None
-        return max(fit, 1)
+        budget_left = call.started + self.latency_budget_ms / 1000 - time.perf_counter()
+        if call.deadline_at is not None:
+            budget_left = min(budget_left, call.deadline_at - time.perf_counter())
+        return max(int(rate * max(budget_left, 0.0)), 1)
 
-    def _submit(self, plan: _Plan) -> Future[_Scored]:
-        """Hand the cache lookup and the model call for the non-empty passages to a worker."""
-        return self._pool().submit(
-            _score_items, self.scorer, self.cache, plan.query, plan.items, self.throughput
-        )
-
-    def _finish(
-        self,
-        plan: _Plan,
-        scored: _Scored,
-        status: RerankStatus,
-        reason: str | None,
-        k: int | None,
-        offset: int,
-        started: float,
-    ) -> SearchResult:
+    def _finish(self, call: _Call, plan: _Plan, scored: EngineResult | None) -> SearchResult:
         """Order reranked hits by score, append the unscored ones, cut the page."""
-        scores = iter(scored.scores)
-        by_hit: list[tuple[Hit, PassageScore]] = []
-        for hit, text in zip(plan.to_score, plan.texts, strict=True):
-            by_hit.append((hit, next(scores) if text.strip() else _EMPTY_SCORE))
+        scores = () if scored is None else scored.scores
+        for score in scores:
+            if not (math.isfinite(score.raw) and math.isfinite(score.normalized)):
+                msg = f"scorer returned a non-finite score ({score.raw!r}, {score.normalized!r})"
+                return self._unscored(call, plan, RerankError(msg))
         ranked = sorted(
-            ((hit, self._value(ps), ps) for hit, ps in by_hit),
+            ((hit, self._value(ps), ps) for hit, ps in zip(plan.to_score, scores, strict=True)),
             key=lambda item: (-item[1], item[0].rank, item[0].index, item[0].id),
         )
         if self.min_score is not None:
             ranked = [item for item in ranked if item[1] >= self.min_score]
         order: list[tuple[Hit, float | None, PassageScore | None]] = [*ranked]
         order.extend((hit, None, None) for hit in plan.unscored)
-        if status == "ok" and plan.partial_reason is not None:
+        status: RerankStatus = "ok"
+        reason = None
+        if plan.partial_reason is not None:
             status, reason = "partial", plan.partial_reason
         return SearchResult(
-            hits=_page(order, k, offset),
+            hits=_page(order, call.k, call.offset),
             status=status,
             reason=reason,
-            timings_ms=_timings(scored.timings_ms, started),
-            cache_hits=scored.cache_hits,
-            cache_misses=scored.cache_misses,
+            timings_ms=_timings({} if scored is None else scored.timings_ms, call.started),
+            cache_hits=0 if scored is None else scored.cache_hits,
+            cache_misses=0 if scored is None else scored.cache_misses,
             window=plan.window,
-            reranked=len(by_hit),
+            reranked=len(plan.to_score),
         )
 
-    def _scoring_failed(self) -> None:
-        """Count a scorer failure (or deadline overrun) against the breaker; log when it opens."""
-        breaker = self.breaker
-        if breaker is None:
-            return
-        opened_before = breaker.opened_count
-        breaker.record_failure()
-        if breaker.opened_count != opened_before:
-            logger.warning(
-                "circuit breaker opened after %d consecutive scoring failure(s); "
-                "skipping reranking for %.1f s, then probing with one request",
-                breaker.failure_threshold,
-                breaker.reset_after_s,
-            )
+    def _unscored(self, call: _Call, plan: _Plan, exc: Exception) -> SearchResult:
+        """First-stage order with why scoring did not happen, or the error in required mode.
 
-    def _circuit_open(self, plan: _Plan, k: int | None, offset: int, started: float) -> SearchResult:
-        """First-stage order without calling the scorer (or :class:`CircuitOpenError`)."""
-        assert self.breaker is not None
-        wait_s = self.breaker.retry_after_s()
-        reason = (
-            f"circuit open: scoring failed {self.breaker.failure_threshold} or more times in a row; "
-            f"next probe in {wait_s:.1f} s"
-        )
-        if self.mode == "required":
-            raise CircuitOpenError(reason, retry_after_s=max(1, math.ceil(wait_s)))
-        # One line per opening is logged by _scoring_failed; not one per skipped request.
-        return self._degrade(plan, "skipped", reason, None, k, offset, started, log=False)
+        Refusals that carry a ``Retry-After`` (breaker open, queue overloaded) are
+        raised as they are in required mode; every other failure becomes a
+        :class:`RerankError` naming the cause.
+        """
+        if isinstance(exc, (CircuitOpenError, OverloadedError)):
+            if self.mode == "required":
+                raise exc
+            status: RerankStatus = "skipped"
+            prefix = "" if isinstance(exc, CircuitOpenError) else "overloaded: "
+            # The breaker logs once per opening, the batcher counts refusals: no line per request.
+            return self._degrade(call, plan, status, f"{prefix}{exc}", None, log=False)
+        if isinstance(exc, ScoringDeadlineError) and call.deadline_at is not None:
+            return self._degrade(call, plan, "failed", _deadline_reason(call), exc)
+        return self._degrade(call, plan, "failed", _failure_reason(exc), _root_cause(exc))
 
     def _degrade(
         self,
+        call: _Call,
         plan: _Plan,
         status: RerankStatus,
         reason: str,
         exc: BaseException | None,
-        k: int | None,
-        offset: int,
-        started: float,
         *,
         log: bool = True,
     ) -> SearchResult:
@@ -648,10 +474,10 @@ class Retriever:
             logger.warning("rerank %s, serving first-stage order: %s", status, reason)
         order = [(hit, None, None) for hit in (*plan.to_score, *plan.unscored)]
         return SearchResult(
-            hits=_page(order, k, offset),
+            hits=_page(order, call.k, call.offset),
             status=status,
             reason=reason,
-            timings_ms=_timings({}, started),
+            timings_ms=_timings({}, call.started),
             window=plan.window,
             reranked=0,
         )
@@ -666,33 +492,6 @@ class Retriever:
             msg = "this Retriever has no connector or first_stage: pass one to search, or use rerank_hits"
             raise ConfigurationError(msg)
         return self.first_stage
-
-    def _pool(self) -> ThreadPoolExecutor:
-        with self._executor_lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(
-                    max_workers=_SCORING_THREADS, thread_name_prefix="secondpass-rerank"
-                )
-            return self._executor
-
-    def _deadline_at(self, started: float, deadline_ms: float | None) -> float | None:
-        deadline_ms = self.deadline_ms if deadline_ms is None else deadline_ms
-        if deadline_ms is None:
-            return None
-        if not deadline_ms > 0:
-            msg = f"deadline_ms must be > 0, got {deadline_ms}"
-            raise ConfigurationError(msg)
-        return started + deadline_ms / 1000
-
-    @staticmethod
-    def _spent_reason(started: float) -> str:
-        spent = (time.perf_counter() - started) * 1000
-        return f"deadline already spent before reranking ({spent:.0f} ms elapsed)"
-
-    @staticmethod
-    def _deadline_reason(started: float, deadline_at: float | None) -> str:
-        total = ((deadline_at or started) - started) * 1000
-        return f"reranking did not finish within the deadline of {total:.0f} ms"
 
 
 def _refill_size(hits: Sequence[Hit], size: int, want: int) -> int | None:
@@ -719,12 +518,25 @@ def _check_page(k: int | None, offset: int) -> None:
         raise ConfigurationError(msg)
 
 
-def _time_left(deadline_at: float | None) -> float | None:
-    return None if deadline_at is None else deadline_at - time.perf_counter()
+def _spent_reason(call: _Call) -> str:
+    spent = (time.perf_counter() - call.started) * 1000
+    return f"deadline already spent before reranking ({spent:.0f} ms elapsed)"
+
+
+def _deadline_reason(call: _Call) -> str:
+    total = ((call.deadline_at or call.started) - call.started) * 1000
+    return f"reranking did not finish within the deadline of {total:.0f} ms"
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The model's own exception behind a batch failure the batcher wrapped in RerankError."""
+    cause = exc.__cause__
+    return cause if isinstance(exc, RerankError) and cause is not None else exc
 
 
 def _failure_reason(exc: BaseException) -> str:
-    text = f"scoring failed: {type(exc).__name__}: {exc}"
+    root = _root_cause(exc)
+    text = f"scoring failed: {type(root).__name__}: {root}"
     return text if len(text) <= _REASON_LIMIT else text[: _REASON_LIMIT - 3] + "..."
 
 

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import math
 import os
@@ -64,6 +65,15 @@ _BACKEND_RUNS = {
     "onnx": "float32 (int8 with quantize='int8')",
     "openvino": "float32 or bfloat16",
 }
+# backend="auto" on a CPU: the first runtime whose packages are all installed, fastest
+# first (OpenVINO fp32 is a little faster than ONNX Runtime fp32; both are exact).
+# Both read the ONNX export, so both need ``onnx`` for the exporter.
+_AUTO_CPU_RUNTIMES = (("openvino", ("openvino", "onnx")), ("onnx", ("onnxruntime", "onnx")))
+
+
+def _installed(packages: Sequence[str]) -> bool:
+    """Whether every package can be imported, without importing it (a metadata lookup)."""
+    return all(importlib.util.find_spec(name) is not None for name in packages)
 
 
 def _sigmoid(value: float) -> float:
@@ -222,6 +232,9 @@ class CrossEncoderScorer:
         self._loaded: _Loaded | None = None
         self._lock = threading.Lock()
         self._fingerprint: str | None = None
+        # Resolved on first use, not here: telling whether a GPU is there imports torch.
+        self._backend: str | None = None
+        self._backend_lock = threading.Lock()
 
     # -- state -------------------------------------------------------------------
 
@@ -251,6 +264,47 @@ class CrossEncoderScorer:
         return self._ensure_loaded().network
 
     @property
+    def backend(self) -> str:
+        """The runtime of the forward pass: ``torch``, ``onnx`` or ``openvino`` (loads no model).
+
+        An explicit ``backend`` setting is used as given. ``backend="auto"`` is
+        resolved once, with one INFO log line saying what was chosen and why:
+        torch when the model runs on a GPU (``device`` resolves to CUDA or MPS),
+        when ``dtype`` asks for bf16/fp16 (auto only picks exact fp32 runtimes)
+        or when no faster CPU runtime is installed; otherwise OpenVINO fp32, else
+        ONNX Runtime fp32 (``quantize="int8"`` always means ONNX Runtime). All
+        fp32 choices give scores equal to torch's within 1e-4. If the chosen
+        CPU runtime cannot load the model, auto falls back to torch (a WARNING
+        says why) rather than fail a model torch can run.
+        """
+        if self._backend is None:
+            with self._backend_lock:
+                if self._backend is None:
+                    self._backend = self._resolve_backend()
+        return self._backend
+
+    def _resolve_backend(self) -> str:
+        if self.settings.backend != "auto":
+            return self.settings.backend
+        backend, why = self._choose_auto_backend()
+        logger.info("backend=auto: running %s on %s (%s)", self.settings.model, backend, why)
+        return backend
+
+    def _choose_auto_backend(self) -> tuple[str, str]:
+        settings = self.settings
+        if settings.quantize is not None:
+            return "onnx", "quantize='int8' is an ONNX Runtime option"
+        if settings.dtype not in ("auto", "float32"):
+            return "torch", f"dtype={settings.dtype!r} runs on torch; auto picks exact fp32 runtimes only"
+        device = self._torch_device()
+        if device != "cpu":
+            return "torch", f"device {device}: the CPU runtimes do not run on a GPU"
+        for backend, packages in _AUTO_CPU_RUNTIMES:
+            if _installed(packages):
+                return backend, f"CPU with {packages[0]} installed: exact fp32, faster than torch"
+        return "torch", "CPU without the 'fast' extra (pip install 'secondpass[fast]' for OpenVINO)"
+
+    @property
     def fingerprint(self) -> str:
         """Model id, revision and every setting that changes a score; score caches key on it.
 
@@ -272,8 +326,8 @@ class CrossEncoderScorer:
                     f"max_chunks={settings.max_chunks}",
                     f"chunk_overlap={settings.chunk_overlap}",
                 ]
-            if settings.backend != "torch":
-                parts += [f"backend={settings.backend}", f"quantize={settings.quantize or '-'}"]
+            if self.backend != "torch":
+                parts += [f"backend={self.backend}", f"quantize={settings.quantize or '-'}"]
             local = Path(settings.model).expanduser()
             if local.is_dir():
                 digest = hashlib.sha256()
@@ -391,7 +445,7 @@ class CrossEncoderScorer:
         torch = _import_torch()
         on_cuda = str(loaded.device).startswith("cuda")
         tokenizer = loaded.tokenizer
-        multiple = _PAD_MULTIPLE.get(self.settings.backend, 1)
+        multiple = _PAD_MULTIPLE.get(self.backend, 1)
 
         def collate(batch: list[int]) -> dict[str, Any]:
             return collate_pairs(
@@ -458,12 +512,16 @@ class CrossEncoderScorer:
             return self._loaded
 
     def _resolve_device(self) -> str:
-        torch = _import_torch()
-        wanted = self.settings.device.strip().lower()
-        if self.settings.backend != "torch":
+        if self.backend != "torch":
             return "cpu"
+        return self._torch_device()
+
+    def _torch_device(self) -> str:
+        """Where torch would run the model: the ``device`` setting, ``auto`` resolved."""
+        wanted = self.settings.device.strip().lower()
         if wanted != "auto":
             return wanted
+        torch = _import_torch()
         if torch.cuda.is_available():
             return "cuda"
         mps = getattr(torch.backends, "mps", None)
@@ -475,10 +533,15 @@ class CrossEncoderScorer:
         """Refuse a dtype, quantization or device the chosen backend cannot run.
 
         Checked in the constructor, before anything loads. ONNX Runtime and
-        OpenVINO run on the CPU; int8 is an ONNX Runtime option.
+        OpenVINO run on the CPU; int8 is an ONNX Runtime option. ``auto`` adapts
+        to the other settings, except that ``quantize`` pins it to ONNX Runtime.
         """
         settings = self.settings
         backend = settings.backend
+        if backend == "auto":
+            if settings.quantize is None:
+                return
+            backend = "onnx"
         runs = f"backend={backend!r} runs {_BACKEND_RUNS[backend]}"
         if settings.quantize is not None and backend != "onnx":
             msg = f"quantize='int8' needs backend='onnx' ({runs} via dtype)"
@@ -492,9 +555,9 @@ class CrossEncoderScorer:
 
     def _resolve_dtype_name(self) -> str:
         wanted = self.settings.dtype
-        if self.settings.backend == "onnx":
+        if self.backend == "onnx":
             return "float32"
-        if self.settings.backend == "openvino":
+        if self.backend == "openvino":
             return "bfloat16" if wanted == "bfloat16" else "float32"
         if wanted != "auto":
             return wanted
@@ -527,9 +590,7 @@ class CrossEncoderScorer:
         settings = self.settings
         device = self._resolve_device()
         # ONNX and OpenVINO export the fp32 torch model; their own precision is applied after.
-        dtype = getattr(
-            torch, "float32" if settings.backend != "torch" else self._resolve_dtype_name()
-        )
+        dtype = getattr(torch, "float32" if self.backend != "torch" else self._resolve_dtype_name())
         local = Path(settings.model).expanduser()
         is_local = local.is_dir()
         if is_local:
@@ -582,7 +643,7 @@ class CrossEncoderScorer:
             raise ModelLoadError(msg)
         max_length = self._window(model, network)
         tokenizer = PairTokenizer.from_pretrained_tokenizer(model.tokenizer, max_length=max_length)
-        runtime, runs = self._load_runtime(network, tokenizer, reference)
+        runtime, runs = self._load_auto_runtime(network, tokenizer, reference)
         logger.info(
             "loaded cross-encoder %s on %s (%s, window %d tokens) in %.1f s",
             reference,
@@ -601,19 +662,44 @@ class CrossEncoderScorer:
             runtime=runtime,
         )
 
+    def _load_auto_runtime(
+        self, network: Any, tokenizer: PairTokenizer, reference: str
+    ) -> tuple[Any, str | None]:
+        """:meth:`_load_runtime`; under ``backend="auto"`` a runtime that cannot load falls back to torch.
+
+        The fallback keeps every model torch can run loadable under the default
+        (an architecture the ONNX exporter cannot trace, a broken install, an
+        export folder that cannot be written, as in a read-only container). The
+        fingerprint is recomputed, so cache keys name the backend really used.
+        """
+        try:
+            return self._load_runtime(network, tokenizer, reference)
+        except (ModelLoadError, MissingDependencyError, OSError) as exc:
+            if self.settings.backend != "auto":
+                raise
+            logger.warning(
+                "backend=auto: %s could not load %s (%s); running it on torch instead",
+                self.backend,
+                reference,
+                _short(exc),
+            )
+            self._backend = "torch"
+            self._fingerprint = None
+            return None, None
+
     def _load_runtime(
         self, network: Any, tokenizer: PairTokenizer, reference: str
     ) -> tuple[Any, str | None]:
         """The ONNX Runtime or OpenVINO forward pass for ``network`` (None on the torch backend)."""
         settings = self.settings
-        if settings.backend == "torch":
+        if self.backend == "torch":
             return None, None
         threads = _import_torch().get_num_threads()
         input_names = ["input_ids", "attention_mask"] + (
             ["token_type_ids"] if tokenizer.with_token_types else []
         )
         identity = f"{reference}@{settings.revision or '-'}"
-        if settings.backend == "openvino":
+        if self.backend == "openvino":
             from secondpass.pipeline.openvino_backend import load_openvino_cross_encoder
 
             model = load_openvino_cross_encoder(

@@ -1,10 +1,11 @@
 """The HTTP service: Cohere- and TEI-compatible rerank, a search facade, health and metrics.
 
-The app stays thin: it validates, enforces limits, and hands pairs to the shared
-:class:`~secondpass.service.batcher.DynamicBatcher` (rerank) or to the
-:class:`~secondpass.pipeline.retriever.Retriever` (search). Everything that can be
-slow runs off the event loop: the model in the batcher's thread, Redis lookups
-and engine calls in worker threads.
+The app stays thin: it validates, enforces limits, and hands passages to the one
+:class:`~secondpass.pipeline.engine.ScoringEngine` the service owns, directly
+(rerank routes) or through the :class:`~secondpass.pipeline.retriever.Retriever`
+(search), so every route shares one cache, one batch queue and one circuit
+breaker. Everything that can be slow runs off the event loop: the engine and
+the model in their own threads, engine calls on the async connector.
 
 Endpoints: ``POST /v1/rerank`` and ``/v2/rerank`` (Cohere), ``POST /rerank`` (TEI),
 ``POST /v1/search``, ``GET /livez``, ``GET /readyz``, ``GET /metrics``, and the
@@ -44,10 +45,12 @@ from secondpass.errors import (
     RefusedQueryError,
     SecondPassError,
 )
-from secondpass.pipeline.cache import LRUScoreCache, NullScoreCache, build_cache, cache_keys
+from secondpass.pipeline.batcher import DynamicBatcher
+from secondpass.pipeline.breaker import CircuitBreaker
+from secondpass.pipeline.cache import NullScoreCache, build_cache
+from secondpass.pipeline.engine import EngineResult, ScoringEngine
 from secondpass.pipeline.protocols import ScoreCache, Scorer
 from secondpass.service.auth import ApiKeys
-from secondpass.service.batcher import DynamicBatcher
 from secondpass.service.errors import (
     InputTooLongError,
     InvalidRequestError,
@@ -58,7 +61,7 @@ from secondpass.service.errors import (
     status_for,
 )
 from secondpass.service.http_limits import AnsweredConnectionGuard, brief_traceback
-from secondpass.service.metrics import ServiceMetrics
+from secondpass.service.metrics import BatchMetrics, ServiceMetrics
 from secondpass.service.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from secondpass.service.schemas import (
     CohereDocument,
@@ -77,14 +80,13 @@ from secondpass.service.schemas import (
 )
 from secondpass.service.schemas import clean_text as _clean
 from secondpass.service.settings import ServiceSettings
-from secondpass.types import EMPTY_PASSAGE_RAW_SCORE, PassageScore, SearchRequest, SearchResult
+from secondpass.types import EMPTY_PASSAGE_RAW_SCORE, SearchRequest, SearchResult
 
 logger = logging.getLogger("secondpass.service")
 
 __all__ = ["ServiceState", "create_app"]
 
 _PROBE_PAIR = ("readiness probe", "a real forward pass through the model")
-_EMPTY_SCORE = PassageScore(raw=EMPTY_PASSAGE_RAW_SCORE, normalized=0.0)
 
 
 
@@ -92,7 +94,7 @@ _EMPTY_SCORE = PassageScore(raw=EMPTY_PASSAGE_RAW_SCORE, normalized=0.0)
 
 
 class ServiceState:
-    """Everything the handlers share: model, batcher, cache, retriever and health.
+    """Everything the handlers share: model, scoring engine, cache, retriever and health.
 
     Readiness is "a real forward pass succeeded since start or since the last
     failure": the batcher reports each batch's outcome here, and after a failure
@@ -120,7 +122,7 @@ class ServiceState:
         self._owns_retriever = retriever is None
         self.hybrid_retriever: Any | None = None
         self.connector: Any | None = None
-        self.batcher: DynamicBatcher | None = None
+        self.engine: ScoringEngine | None = None
         self.model_ok = False
         self.model_error: str | None = "model not loaded yet"
         self.load_failed = False
@@ -154,22 +156,29 @@ class ServiceState:
             if self.scorer is None:
                 factory = self._scorer_factory or build_scorer
                 self.scorer = await asyncio.to_thread(factory, s.rerank)
-            self.batcher = DynamicBatcher(
-                self.scorer,
+            engine = ScoringEngine(
+                scorer=self.scorer,
+                cache=self.cache,
+                breaker=CircuitBreaker(
+                    failure_threshold=s.breaker_failures, reset_after_s=s.breaker_reset_s
+                ),
                 batching=s.batching,
                 max_batch_pairs=s.max_batch_pairs,
                 max_batch_tokens=s.max_batch_tokens,
                 max_wait_ms=s.max_wait_ms,
                 max_queue_pairs=s.max_queue_pairs,
+                max_queue_s=s.queue_time_limit_s,
                 retry_after_s=s.retry_after_s,
-                metrics=self.metrics,
+                timeout_s=s.request_timeout_ms / 1000,
+                observer=BatchMetrics(self.metrics),
                 on_success=self._forward_ok,
                 on_failure=self._forward_failed,
             )
-            self.batcher.start()
+            await asyncio.to_thread(engine.start)
+            self.engine = engine
             if s.search_enabled and self.retriever is None:
                 self.retriever, self.hybrid_retriever, self.connector = await asyncio.to_thread(
-                    build_search, s, _BatchedScorer(self), self.cache
+                    build_search, s, engine
                 )
             await self.probe()
             # The model, torch and the clients are ~0.5 M long-lived objects; a full
@@ -196,8 +205,8 @@ class ServiceState:
                 await self._load_task
         if self._engine_check is not None:
             self._engine_check.cancel()
-        if self.batcher is not None:
-            await self.batcher.close()
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.close)
         if self._owns_retriever and self.connector is not None:
             with contextlib.suppress(Exception):
                 await self.connector.close()
@@ -228,14 +237,19 @@ class ServiceState:
         self.model_ok = False
         self.model_error = f"last forward pass failed: {type(exc).__name__}"
 
+    @property
+    def batcher(self) -> DynamicBatcher | None:
+        """The engine's shared batch queue (``None`` until the model has loaded)."""
+        return None if self.engine is None else self.engine.batcher
+
     async def probe(self, *, timeout_s: float | None = None) -> None:
-        """Run one real pair through the batcher; its outcome updates ``model_ok``."""
-        if self.batcher is None:
+        """Run one real pair through the model; its outcome updates ``model_ok``."""
+        if self.engine is None:
             return
         self._last_probe = time.monotonic()
         timeout = self.settings.request_timeout_ms / 1000 if timeout_s is None else timeout_s
         with contextlib.suppress(SecondPassError):
-            await self.batcher.submit([_PROBE_PAIR], timeout_s=timeout)
+            await self.engine.probe(_PROBE_PAIR, deadline=time.monotonic() + timeout)
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         """Run the checks /readyz reports: model, engine and index, lifecycle.
@@ -248,7 +262,7 @@ class ServiceState:
         checks: dict[str, str] = {}
         if (
             not self.model_ok
-            and self.batcher is not None
+            and self.engine is not None
             and not self.load_failed
             and time.monotonic() - self._last_probe >= self.settings.readiness_probe_interval_s
         ):
@@ -323,123 +337,28 @@ class ServiceState:
 
     # -- scoring -------------------------------------------------------------
 
-    def require_batcher(self) -> DynamicBatcher:
-        """The batcher, or 503 while the model loads or after it failed to load."""
-        if self.batcher is None:
+    def require_engine(self) -> ScoringEngine:
+        """The scoring engine, or 503 while the model loads or after it failed to load."""
+        if self.engine is None:
             msg = self.model_error or "model not loaded yet"
             raise UnavailableError(msg, retry_after_s=self.settings.retry_after_s)
-        return self.batcher
+        return self.engine
 
-    async def score_texts(
-        self,
-        query: str,
-        texts: Sequence[str],
-        *,
-        timeout_s: float | None = None,
-        client_deadline: bool = False,
-    ) -> tuple[list[PassageScore], int, int]:
-        """Score ``texts`` against ``query`` through the cache and the shared batcher.
+    async def rerank(self, query: str, texts: Sequence[str]) -> EngineResult:
+        """Score the rerank routes' ``texts`` through the shared engine; count cache use.
 
-        Returns (scores in input order, cache hits, cache misses). One lookup and
-        one write per request; duplicate texts are scored once; empty passages
-        get the fixed placeholder without a model call (and are never cached).
-        This mirrors :func:`secondpass.pipeline.cached_scoring.score_with_cache`,
-        whose synchronous model call cannot join the shared async queue.
+        Their documents have no index or id, so each is keyed as ``("", "", text)``:
+        equal texts share a cache entry whatever their position or request.
         """
-        batcher = self.require_batcher()
-        assert self.scorer is not None
-        timeout = self.settings.request_timeout_ms / 1000 if timeout_s is None else timeout_s
-        query = _clean(query)
-        texts = [_clean(t) for t in texts]
-        cache = self.cache
-        use_cache = cache is not None and not isinstance(cache, NullScoreCache)
-        scored_positions = [i for i, t in enumerate(texts) if t.strip()]
-        keys: dict[int, str] = {}
-        found: dict[str, PassageScore] = {}
-        cache_s = 0.0
-        if use_cache and cache is not None and scored_positions:
-            computed = cache_keys(
-                self.scorer.fingerprint, query, (("", "", texts[i]) for i in scored_positions)
-            )
-            keys = dict(zip(scored_positions, computed, strict=True))
-            started = time.perf_counter()
-            found = await _cache_call(cache, cache.get_many, list(dict.fromkeys(computed)))
-            cache_s += time.perf_counter() - started
-        todo: dict[str, int] = {}  # text -> position in the batch (distinct texts only)
-        for i in scored_positions:
-            if keys.get(i) not in found and texts[i] not in todo:
-                todo[texts[i]] = len(todo)
-        fresh: list[PassageScore] = []
-        if todo:
-            fresh = await batcher.submit(
-                [(query, t) for t in todo], timeout_s=timeout, client_deadline=client_deadline
-            )
-        if use_cache and cache is not None and fresh:
-            writes = {keys[i]: fresh[todo[texts[i]]] for i in scored_positions if texts[i] in todo}
-            started = time.perf_counter()
-            await _cache_call(cache, cache.set_many, writes)
-            cache_s += time.perf_counter() - started
-        scores: list[PassageScore] = []
-        hits = 0
-        for i, text in enumerate(texts):
-            if not text.strip():
-                scores.append(_EMPTY_SCORE)
-            elif keys.get(i) in found:
-                scores.append(found[keys[i]])
-                hits += 1
-            else:
-                scores.append(fresh[todo[text]])
-        misses = len(scored_positions) - hits
-        m = self.metrics
-        if use_cache:
-            m.stage.labels("cache").observe(cache_s)
-            m.cache_hits.inc(hits)
-            m.cache_misses.inc(misses)
-        return scores, hits, misses
-
-
-async def _cache_call(cache: ScoreCache, fn: Callable[[Any], Any], arg: Any) -> Any:
-    """In-process caches are called inline; anything else (Redis) in a worker thread."""
-    try:
-        if isinstance(cache, LRUScoreCache):
-            return fn(arg)
-        return await asyncio.to_thread(fn, arg)
-    except Exception as exc:  # a cache fault is a miss, whatever the implementation
-        logger.warning("score cache raised %s; continuing without it", type(exc).__name__)
-        return {}
-
-
-class _BatchedScorer:
-    """A synchronous :class:`Scorer` for the retriever's worker threads that scores via the batcher.
-
-    The retriever calls ``score`` from its own thread; this hands the pairs to the
-    event loop's shared queue, so search and rerank requests share batches.
-    """
-
-    def __init__(self, state: ServiceState) -> None:
-        self._state = state
-        self._loop = asyncio.get_running_loop()
-
-    @property
-    def fingerprint(self) -> str:
-        assert self._state.scorer is not None
-        return self._state.scorer.fingerprint
-
-    def score(
-        self, query: str, passages: Sequence[str], *, timings: dict[str, float] | None = None
-    ) -> list[PassageScore]:
-        return self.score_pairs([(query, p) for p in passages], timings=timings)
-
-    def score_pairs(
-        self, pairs: Sequence[tuple[str, str]], *, timings: dict[str, float] | None = None
-    ) -> list[PassageScore]:
-        batcher = self._state.require_batcher()
-        timeout = self._state.settings.request_timeout_ms / 1000
-        cleaned = [(_clean(q), _clean(p)) for q, p in pairs]
-        future = asyncio.run_coroutine_threadsafe(
-            batcher.submit(cleaned, timeout_s=timeout), self._loop
+        result = await self.require_engine().score(
+            _clean(query), [("", "", _clean(text)) for text in texts]
         )
-        return future.result()
+        if self.cache is not None and not isinstance(self.cache, NullScoreCache):
+            m = self.metrics
+            m.stage.labels("cache").observe(result.timings_ms.get("cache", 0.0) / 1000.0)
+            m.cache_hits.inc(result.cache_hits)
+            m.cache_misses.inc(result.cache_misses)
+        return result
 
 
 def build_scorer(settings: RerankSettings) -> Scorer:
@@ -451,17 +370,15 @@ def build_scorer(settings: RerankSettings) -> Scorer:
     return scorer
 
 
-def build_search(
-    settings: ServiceSettings, scorer: Scorer, cache: ScoreCache | None
-) -> tuple[Any, Any | None, Any]:
+def build_search(settings: ServiceSettings, engine: ScoringEngine) -> tuple[Any, Any | None, Any]:
     """Build the facade(s) for ``/v1/search``: (lexical retriever, hybrid or None, connector).
 
     The connector is asynchronous so the first stage never holds a thread; the
     hybrid retriever exists when ``search_vector_field`` is set and shares the
-    connector, the cache and the (batched) scorer with the lexical one.
+    connector and the service's scoring engine (cache, queue, breaker) with the
+    lexical one and with the rerank routes.
     """
     from secondpass.connectors import connect
-    from secondpass.pipeline.breaker import CircuitBreaker
     from secondpass.pipeline.retriever import Retriever
 
     # Only configured fields leave the engine: the library's default (the whole
@@ -474,16 +391,11 @@ def build_search(
         source_includes=search_source_includes(settings),
     )
     common: dict[str, Any] = {
-        "scorer": scorer,
-        "cache": cache,
+        "engine": engine,
         "window": settings.search_window,
         "rank_by": getattr(settings.rerank, "rank_by", "normalized"),
         "min_score": getattr(settings.rerank, "min_score", None),
         "mode": settings.search_mode,
-        # One breaker for both retrievers: they share the scorer that fails.
-        "breaker": CircuitBreaker(
-            failure_threshold=settings.breaker_failures, reset_after_s=settings.breaker_reset_s
-        ),
     }
     lexical = Retriever(connector=connector, **common)
     hybrid = None
@@ -683,8 +595,8 @@ def create_app(
             limits.text(f"documents[{i}]", _compose(doc, i, body.rank_fields))
             for i, doc in enumerate(body.documents)
         ]
-        scores, hits, _ = await state.score_texts(body.query, texts)
-        values = [_finite(s.normalized) for s in scores]
+        scored = await state.rerank(body.query, texts)
+        values = [_finite(s.normalized) for s in scored.scores]
         top = _order(values)[: body.top_n]
         results = []
         for i in top:
@@ -696,7 +608,9 @@ def create_app(
                 )
             results.append(CohereResult(index=i, relevance_score=values[i], document=document))
         return CohereRerankResponse(
-            id=str(uuid.uuid4()), results=results, meta=_meta("1", len(texts), hits, state)
+            id=str(uuid.uuid4()),
+            results=results,
+            meta=_meta("1", len(texts), scored.cache_hits, state),
         )
 
     @app.post(
@@ -712,13 +626,15 @@ def create_app(
         limits.count("documents", len(body.documents))
         limits.top_n(body.top_n)
         texts = [limits.text(f"documents[{i}]", d) for i, d in enumerate(body.documents)]
-        scores, hits, _ = await state.score_texts(body.query, texts)
-        values = [_finite(s.normalized) for s in scores]
+        scored = await state.rerank(body.query, texts)
+        values = [_finite(s.normalized) for s in scored.scores]
         results = [
             CohereResult(index=i, relevance_score=values[i]) for i in _order(values)[: body.top_n]
         ]
         return CohereRerankResponse(
-            id=str(uuid.uuid4()), results=results, meta=_meta("2", len(texts), hits, state)
+            id=str(uuid.uuid4()),
+            results=results,
+            meta=_meta("2", len(texts), scored.cache_hits, state),
         )
 
     @app.post(
@@ -740,7 +656,7 @@ def create_app(
             msg = "truncation_direction: only Right is supported"
             raise InvalidRequestError(msg, field="truncation_direction")
         texts = [limits.text(f"texts[{i}]", t) for i, t in enumerate(body.texts)]
-        scores, _, _ = await state.score_texts(body.query, texts)
+        scores = (await state.rerank(body.query, texts)).scores
         truncate = settings.auto_truncate if body.truncate is None else body.truncate
         if not truncate:
             for i, s in enumerate(scores):
@@ -774,7 +690,7 @@ def create_app(
             msg = "search is not configured: set SECONDPASS_SERVICE_SEARCH_INDEX (--search-index)"
             raise NotConfiguredError(msg)
         if state.retriever is None:
-            state.require_batcher()
+            state.require_engine()
             msg = "the search facade is not ready yet"
             raise UnavailableError(msg, retry_after_s=settings.retry_after_s)
         limits.query(body.query)
@@ -1000,7 +916,7 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
         headers = {}
         if status in (429, 503):
             seconds = getattr(exc, "retry_after_s", None)
-            headers["Retry-After"] = str(seconds) if seconds else retry_after
+            headers["Retry-After"] = str(math.ceil(seconds)) if seconds else retry_after
         return JSONResponse(
             error_body(message, kind, field=field, limit=limit), status_code=status, headers=headers
         )

@@ -17,8 +17,11 @@ from secondpass.errors import (
     BackendUnavailableError,
     CircuitOpenError,
     ConfigurationError,
+    OverloadedError,
     QueryError,
     RerankError,
+    ScoringDeadlineError,
+    ScoringUnavailableError,
     SecondPassError,
 )
 
@@ -119,6 +122,15 @@ def status_for(exc: BaseException) -> tuple[int, str]:
         return 502, "engine_error"  # e.g. the configured index is missing: not input
     if isinstance(exc, BackendUnavailableError):
         return 503, "engine_unavailable"
+    # The shared batcher's library errors answer as the service's own did.
+    if isinstance(exc, OverloadedError):
+        return QueueFullError.status, QueueFullError.error_type
+    if isinstance(exc, ScoringDeadlineError):
+        if exc.client_deadline:
+            return ClientDeadlineExceededError.status, ClientDeadlineExceededError.error_type
+        return DeadlineExceededError.status, DeadlineExceededError.error_type
+    if isinstance(exc, ScoringUnavailableError):
+        return UnavailableError.status, UnavailableError.error_type
     if isinstance(exc, CircuitOpenError):
         return 503, "circuit_open"  # Retry-After: until the breaker's next probe
     if isinstance(exc, RerankError):

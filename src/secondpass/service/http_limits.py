@@ -37,15 +37,13 @@ import re
 import traceback
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from secondpass.service.errors import BodyTooLargeError, ServiceError
-from secondpass.service.proxy_settings import ProxySettings
-from secondpass.service.settings import ServiceSettings
 
 __all__ = [
     "BodyTimeoutError",
@@ -127,6 +125,27 @@ class MalformedRequestError(ServiceError):
 # ---------------------------------------------------------------------------- limits
 
 
+class InputLimitSettings(Protocol):
+    """The input-limit fields both applications' settings carry (service and proxy)."""
+
+    @property
+    def max_body_bytes(self) -> int: ...
+    @property
+    def max_header_bytes(self) -> int: ...
+    @property
+    def max_headers(self) -> int: ...
+    @property
+    def max_json_depth(self) -> int: ...
+    @property
+    def body_idle_timeout_s(self) -> float | None: ...
+    @property
+    def body_total_timeout_s(self) -> float | None: ...
+    @property
+    def head_timeout_s(self) -> float | None: ...
+    @property
+    def max_client_connections(self) -> int: ...
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class HttpLimits:
     """What one request may cost. ``None`` for a timeout means no bound (not recommended).
@@ -153,12 +172,12 @@ class HttpLimits:
         return self.max_body_bytes if cap is None else cap
 
     @classmethod
-    def from_settings(cls, settings: ServiceSettings | ProxySettings) -> HttpLimits:
-        """The limits configured for the service or for the proxy.
+    def from_settings(cls, settings: InputLimitSettings) -> HttpLimits:
+        """The limits configured for the service (or the proxy's common part).
 
-        For the proxy, ``max_body_bytes`` bounds every request it forwards, while
-        the decoded-size cap defaults to ``max_search_body_bytes`` (the most the
-        proxy ever decodes is one search body).
+        The proxy adds its decoding caps in
+        :meth:`secondpass.proxy.settings.ProxySettings.http_limits`; this module
+        knows neither application's settings class, so both can import it.
         """
         limits = cls(
             max_body_bytes=settings.max_body_bytes,
@@ -170,15 +189,6 @@ class HttpLimits:
             head_timeout_s=settings.head_timeout_s,
             max_client_connections=settings.max_client_connections,
         )
-        if isinstance(settings, ProxySettings):
-            decoded = settings.max_decompressed_bytes
-            limits = dataclasses.replace(
-                limits,
-                max_decompressed_bytes=settings.max_search_body_bytes
-                if decoded is None
-                else decoded,
-                max_compression_ratio=settings.max_compression_ratio,
-            )
         return limits
 
     def uvicorn_kwargs(self) -> dict[str, Any]:

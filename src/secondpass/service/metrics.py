@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from secondpass.pipeline.batcher import BatchReport
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _PAIR_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
@@ -85,7 +87,7 @@ class ServiceMetrics:
         self.rejected = Counter(
             "secondpass_rejected_requests",
             "Requests refused before scoring, by reason "
-            "(queue_full, deadline, body_too_large, validation, draining).",
+            "(queue_full, over_time, deadline, body_too_large, validation, draining).",
             ["reason"],
             registry=r,
         )
@@ -115,6 +117,44 @@ class ServiceMetrics:
     def enable_gpu_memory(self) -> None:
         """Export CUDA memory per device at scrape time, when torch has CUDA."""
         self.registry.register(_GpuMemoryCollector())
+
+
+class BatchMetrics:
+    """The shared batcher's reports written to the service's series.
+
+    The batcher lives in ``pipeline/`` and knows only its ``BatchObserver``
+    protocol; this adapter keeps the series the service has always exported.
+    """
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self._m = metrics
+
+    def rejected(self, reason: str) -> None:
+        """Count a refusal before scoring under ``reason``."""
+        self._m.rejected.labels(reason).inc()
+
+    def queue_depth(self, pairs: int, requests: int) -> None:
+        """Set the queue depth gauges."""
+        self._m.queue_pairs.set(pairs)
+        self._m.queue_requests.set(requests)
+
+    def queue_wait(self, seconds: float) -> None:
+        """Observe the ``queue_wait`` stage."""
+        self._m.stage.labels("queue_wait").observe(seconds)
+
+    def batch_done(self, report: BatchReport) -> None:
+        """Observe one successful batch: its stages, pairs, requests and tokens."""
+        m = self._m
+        m.stage.labels("batch").observe(report.seconds)
+        m.stage.labels("tokenize").observe(report.tokenize_s)
+        m.stage.labels("model").observe(report.model_s)
+        m.batch_pairs.observe(report.pairs)
+        m.batch_requests.observe(report.requests)
+        m.batch_tokens.observe(report.tokens)
+
+    def model_failed(self) -> None:
+        """Count a forward batch that raised."""
+        self._m.model_failures.inc()
 
 
 class _CallbackCollector(Collector):

@@ -147,6 +147,14 @@ class ServiceSettings(FileBackedSettings):
     request_timeout_ms: float = Field(
         default=30_000, gt=0, description="a request still queued after this long is dropped (503)"
     )
+    max_queue_s: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "most estimated seconds of queue wait plus scoring a request may be admitted "
+            "with; more gets 429 at once (default: a third of request_timeout_ms)"
+        ),
+    )
 
     # -- search facade -----------------------------------------------------------
     search_index: str | None = Field(
@@ -304,6 +312,17 @@ class ServiceSettings(FileBackedSettings):
                 "--allow-unauthenticated (SECONDPASS_SERVICE_ALLOW_UNAUTHENTICATED=true)"
             )
             raise ConfigurationError(msg)
+
+    @property
+    def queue_time_limit_s(self) -> float:
+        """The admission limit in seconds: ``max_queue_s``, or a third of the request timeout.
+
+        A third leaves the estimate room to be wrong (it is a moving average)
+        before an admitted request would hit the timeout itself.
+        """
+        if self.max_queue_s is not None:
+            return self.max_queue_s
+        return self.request_timeout_ms / 3000.0
 
     @property
     def search_enabled(self) -> bool:

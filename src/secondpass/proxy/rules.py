@@ -4,7 +4,8 @@ Everything the proxy decides about a search lives here so it can be unit tested
 without an engine: whether a request may be reranked at all, which text to rerank
 with, how the body is rewritten to fetch the rerank window, how the text fields are
 read back from each hit, and how the engine's response is cut back to the page the
-client asked for. :mod:`secondpass.service.proxy` only moves bytes and calls these.
+client asked for. :mod:`secondpass.proxy.plumbing` and :mod:`secondpass.proxy.search`
+only move bytes and call these.
 
 The rules, in the words of ``docs/proxy.md``:
 
@@ -34,8 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote_plus
 
-from secondpass.connectors._query import extract_fields
-from secondpass.types import Hit, RankedHit, SearchResult
+from secondpass.connectors.hits import EngineHits, extract_fields, read_hits
+from secondpass.types import RankedHit, SearchResult
 
 DEFAULT_SIZE = 10
 """The engines' default page size when neither the body nor the URL sets one."""
@@ -564,7 +565,7 @@ def hit_fields(
 
     ``names`` (default: every planned text field) sets the order of the result.
     Values are read exactly as the connectors read them
-    (:func:`secondpass.connectors._query.extract_fields`: dotted paths, lists joined,
+    (:func:`secondpass.connectors.hits.extract_fields`: dotted paths, lists joined,
     missing as ``""``) so the proxy and the facade build the same passage.
     """
     source = raw_hit.get("_source")
@@ -592,29 +593,20 @@ def build_hits(
     plan: SearchPlan,
     *,
     fields_for: Callable[[str], Sequence[str]] | None = None,
-) -> list[Hit]:
-    """Turn the engine's window into :class:`~secondpass.types.Hit` objects, rank 1..n.
+) -> EngineHits:
+    """The engine's window as :class:`~secondpass.types.Hit` objects, rank 1..n.
 
-    ``fields_for(index)`` names the text fields of a hit's index (per-index
-    configuration); by default every planned text field is read.
+    Read by :func:`secondpass.connectors.hits.read_hits` (malformed hits are left
+    out and named), with each hit's text from ``_source`` or ``fields`` as
+    :func:`hit_fields` reads it. ``fields_for(index)`` names the text fields of a
+    hit's index (per-index configuration); by default every planned text field.
     """
-    out = []
-    for rank, raw in enumerate(response_hits(response), start=1):
-        index = str(raw.get("_index", ""))
-        names = None if fields_for is None else fields_for(index)
-        score = raw.get("_score")
-        source = raw.get("_source")
-        out.append(
-            Hit(
-                index=index,
-                id=str(raw.get("_id", "")),
-                score=float(score) if isinstance(score, (int, float)) else None,
-                rank=rank,
-                fields=hit_fields(raw, plan, names),
-                source=source if isinstance(source, Mapping) else {},
-            )
-        )
-    return out
+
+    def read(raw: Mapping[str, Any]) -> dict[str, str]:
+        names = None if fields_for is None else fields_for(str(raw.get("_index", "")))
+        return hit_fields(raw, plan, names)
+
+    return read_hits(response, read)
 
 
 # ------------------------------------------------------------------- responses
@@ -645,9 +637,13 @@ def engine_order_response(response: Mapping[str, Any], plan: SearchPlan) -> dict
     out of time, or finds no hits, so the client never gets a shape it did not ask for.
     """
     out = dict(response)
-    if isinstance(response.get("hits"), Mapping):
-        page = response_hits(response)[plan.offset : plan.offset + plan.size]
-        out["hits"] = {**response["hits"], "hits": [_trim_hit(h, plan) for h in page]}
+    hits = response.get("hits")
+    raw = hits.get("hits") if isinstance(hits, Mapping) else None
+    if isinstance(hits, Mapping) and isinstance(raw, list):
+        # Malformed items stay as the engine sent them: this is the engine's answer.
+        page = raw[plan.offset : plan.offset + plan.size]
+        trimmed = [_trim_hit(h, plan) if isinstance(h, Mapping) else h for h in page]
+        out["hits"] = {**hits, "hits": trimmed}
     return out
 
 

@@ -28,9 +28,10 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import string
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -38,15 +39,18 @@ from pydantic_settings import SettingsConfigDict
 
 from secondpass.config import CacheSettings, RerankSettings
 from secondpass.errors import ConfigurationError
-from secondpass.service.auth import ApiKeys
-from secondpass.service.proxy_access import (
+from secondpass.proxy.access import (
     DEFAULT_ALLOWED_REQUESTS,
     AccessGate,
     AllowList,
     parse_rule,
 )
-from secondpass.service.proxy_rules import IndexText, IndexTextRules
+from secondpass.proxy.rules import IndexText, IndexTextRules
+from secondpass.service.auth import ApiKeys
 from secondpass.service.settings_files import FileBackedSettings
+
+if TYPE_CHECKING:
+    from secondpass.service.http_limits import HttpLimits
 
 CONFIG_FILE_ENV = "SECONDPASS_PROXY_CONFIG_FILE"
 
@@ -344,4 +348,20 @@ class ProxySettings(FileBackedSettings):
                 for name, cfg in self.indices.items()
             ),
             default,
+        )
+
+    def http_limits(self) -> HttpLimits:
+        """The input limits the proxy enforces.
+
+        ``max_body_bytes`` bounds every request it forwards, while the decoded-size
+        cap defaults to ``max_search_body_bytes`` (the most the proxy ever decodes
+        is one search body).
+        """
+        from secondpass.service.http_limits import HttpLimits  # uvicorn/h11: not for the CLI
+
+        decoded = self.max_decompressed_bytes
+        return dataclasses.replace(
+            HttpLimits.from_settings(self),
+            max_decompressed_bytes=self.max_search_body_bytes if decoded is None else decoded,
+            max_compression_ratio=self.max_compression_ratio,
         )

@@ -280,21 +280,34 @@ class AccessGate:
         self.keys = keys
         self.allow = allow
 
+    def authenticate(self, headers: Sequence[tuple[bytes, bytes]]) -> str | Refusal | None:
+        """The client a valid key names, a 401 without one, ``None`` when keys are off.
+
+        The proxy's own endpoints (``/_secondpass/...``) need only this: they are
+        never forwarded, so the allow-list does not apply, but metrics may reveal
+        traffic, so they take a client key like everything else.
+        """
+        if not self.keys:
+            return None
+        client = self.keys.identify(headers)
+        if client is None:
+            reason = (
+                "missing API key for this proxy"
+                if presented_key(headers) is None
+                else "invalid API key for this proxy"
+            )
+            return Refusal(401, f"{reason} (send Authorization: Bearer KEY or X-API-Key: KEY)")
+        return client
+
     def admit(
         self, method: str, raw_path: bytes, query: bytes, headers: Sequence[tuple[bytes, bytes]]
     ) -> Admitted | Refusal:
         """Check the client's key, then (credentials lent) the allow-list and the headers."""
-        client = None
         forwarded = list(headers)
-        if self.keys:
-            client = self.keys.identify(forwarded)
-            if client is None:
-                reason = (
-                    "missing API key for this proxy"
-                    if presented_key(forwarded) is None
-                    else "invalid API key for this proxy"
-                )
-                return Refusal(401, f"{reason} (send Authorization: Bearer KEY or X-API-Key: KEY)")
+        client = self.authenticate(forwarded)
+        if isinstance(client, Refusal):
+            return client
+        if client is not None:
             key = presented_key(forwarded)
             forwarded = [h for h in forwarded if presented_key([h]) != key]
         if self.allow is None:
