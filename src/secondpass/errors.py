@@ -36,6 +36,21 @@ class BackendUnavailableError(ConnectorError):
     """The engine could not be reached (or kept failing) within the deadline."""
 
 
+class SearchDeadlineError(BackendUnavailableError):
+    """The engine did not answer within the caller's own deadline; the search was abandoned.
+
+    A ``BackendUnavailableError`` (so code that handles an unreachable engine
+    handles this too, and the HTTP service answers 503 with ``Retry-After``),
+    raised instead of waiting past the deadline the caller gave
+    (``SearchRequest.deadline``, the retriever's ``deadline_ms``).
+    ``retry_after_s`` suggests when to try again.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
 class QueryError(ConnectorError):
     """The engine rejected the request (bad query, missing index, ...); not retried."""
 

@@ -55,6 +55,13 @@ class SearchRequest:
     becomes a ``multi_match`` value. When ``body`` is given it is the caller's own
     query DSL (the ``query`` part of a search body) and ``query`` is only used for
     reranking. When ``knn`` is given the request is a dense search instead.
+
+    ``deadline`` is the caller's absolute deadline on the ``time.monotonic()``
+    clock, or ``None``. A connector sends the time left as both the client's
+    request timeout and the engine's search ``timeout``, retries only while time
+    is left, and raises :class:`~secondpass.errors.SearchDeadlineError` when it
+    runs out, so a paused engine costs the caller its deadline, not the
+    connection settings' much longer ``deadline_s``.
     """
 
     query: str
@@ -62,6 +69,7 @@ class SearchRequest:
     filters: Sequence[Mapping[str, Any]] = ()
     body: Mapping[str, Any] | None = None
     knn: KnnQuery | None = None
+    deadline: float | None = None
 
 
 EMPTY_PASSAGE_RAW_SCORE = -1.0e6

@@ -18,10 +18,12 @@ tiny real cross-encoder, so "degraded" and "failed" are the library's own answer
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -32,7 +34,7 @@ from secondpass.connectors import (
     ElasticsearchConnector,
     OpenSearchConnector,
 )
-from secondpass.errors import BackendUnavailableError, ServerStartError
+from secondpass.errors import BackendUnavailableError, SearchDeadlineError, ServerStartError
 from secondpass.pipeline.retriever import Retriever
 from secondpass.servers import LocalEngine
 from secondpass.servers.versions import ENGINE_NAMES
@@ -296,3 +298,95 @@ def test_slow_upstream_is_abandoned_at_the_deadline(healthy: LocalEngine, index:
     scenario = f"{node.name} slow upstream (proxy +3 s)"
     figures.add(scenario, "max sync call latency (deadline 1 s)", max(elapsed), "s")
     figures.add(scenario, "async call latency (deadline 1 s)", async_elapsed, "s")
+
+
+def _open_connections(port: int) -> int:
+    """ESTABLISHED TCP connections this process holds to ``port`` (read from Linux ``/proc``)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed while we looked
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    count = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            for line in list(lines)[1:]:
+                parts = line.split()
+                remote_port = int(parts[2].rsplit(":", 1)[1], 16)
+                if parts[3] == "01" and remote_port == port and parts[9] in inodes:
+                    count += 1
+    return count
+
+
+async def _until(condition: Callable[[], bool], *, within_s: float) -> float:
+    """Seconds until ``condition()`` holds, checked every 20 ms; fails past ``within_s``."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < within_s, f"condition not met within {within_s} s"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+def test_request_deadline_bounds_the_first_stage_on_a_paused_node(
+    healthy: LocalEngine, index: str, tiny_scorer: Any, figures: Any
+) -> None:
+    """``deadline_ms=2000`` ends the search at 2 s on a paused node, not at the settings' 10 s/30 s.
+
+    The connectors keep their default settings (10 s per attempt, 30 s per call);
+    only the per-call deadline is short. Then an asyncio search is cancelled (its
+    client went away) while the node is paused: its connection must close.
+    """
+    node = healthy
+    assert node.port is not None
+    deadline_ms = 2000.0
+    bound_s = deadline_ms / 1000 + SLACK_S
+    sync_connector = SYNC[node.name](index=index, fields=["title", "body"], hosts=[node.url])
+    retriever = Retriever(connector=sync_connector, scorer=tiny_scorer, window=10)
+    assert retriever.search("cat", k=3, deadline_ms=deadline_ms).status == "ok"
+    sync_elapsed: list[float] = []
+
+    async def async_part() -> tuple[list[float], float]:
+        connector = ASYNC[node.name](index=index, fields=["title", "body"], hosts=[node.url])
+        aretriever = Retriever(connector=connector, scorer=tiny_scorer, window=10)
+        try:
+            elapsed = []
+            for _ in range(2):
+                started = time.monotonic()
+                with pytest.raises(SearchDeadlineError, match="timed out"):
+                    await aretriever.asearch("dog", k=3, deadline_ms=deadline_ms)
+                elapsed.append(time.monotonic() - started)
+            baseline = _open_connections(node.port)
+            # A caller with all the time in the world, who leaves: its request must not linger.
+            task = asyncio.create_task(aretriever.asearch("owl", k=3, deadline_ms=60_000))
+            await _until(lambda: _open_connections(node.port) > baseline, within_s=5.0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            closed_s = await _until(lambda: _open_connections(node.port) <= baseline, within_s=2.0)
+            return elapsed, closed_s
+        finally:
+            aretriever.close()
+            await connector.close()
+
+    node.pause()
+    try:
+        for _ in range(2):
+            started = time.monotonic()
+            with pytest.raises(SearchDeadlineError, match="timed out"):
+                retriever.search("cat", k=3, deadline_ms=deadline_ms)
+            sync_elapsed.append(time.monotonic() - started)
+        async_elapsed, closed_s = asyncio.run(async_part())
+    finally:
+        node.resume()
+    assert retriever.search("cat", k=3).status == "ok"  # served again once resumed
+    retriever.close()
+    sync_connector.close()
+    for seconds in sync_elapsed + async_elapsed:
+        assert deadline_ms / 1000 - 0.1 <= seconds <= bound_s, seconds
+    scenario = f"{node.name} SIGSTOP, deadline_ms=2000, default connection settings"
+    figures.add(scenario, "max sync Retriever.search latency", max(sync_elapsed), "s")
+    figures.add(scenario, "max async Retriever.asearch latency", max(async_elapsed), "s")
+    figures.add(scenario, "cancelled asearch: connection closed after", closed_s, "s")

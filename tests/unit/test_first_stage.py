@@ -14,7 +14,7 @@ import pytest
 
 from secondpass.errors import ConfigurationError
 from secondpass.evaluation import build_stage
-from secondpass.pipeline.first_stage import DenseStage, FirstStage
+from secondpass.pipeline.first_stage import DenseStage, FirstStage, HybridStage, LexicalStage
 from secondpass.types import Hit, KnnQuery, SearchRequest
 
 FILTERS = ({"term": {"lang": "de"}}, {"range": {"year": {"gte": 2020}}})
@@ -123,3 +123,34 @@ def test_dense_stage_rejects_bad_settings(kwargs: dict[str, object]) -> None:
 def test_evaluation_builds_the_pipeline_dense_stage() -> None:
     stage = build_stage("dense", RecordingConnector([]), encoder=FixedEncoder(), vector_field="v")
     assert isinstance(stage, DenseStage) and isinstance(stage, FirstStage)
+
+
+# ------------------------------------------------------------------ the caller's deadline
+
+
+def _stages(connector: RecordingConnector) -> list[FirstStage]:
+    return [
+        LexicalStage(connector),
+        DenseStage(connector, FixedEncoder(), "v"),
+        HybridStage(connector, FixedEncoder(), "v", depth=3),
+    ]
+
+
+def test_every_stage_puts_the_deadline_on_every_engine_request() -> None:
+    for stage in _stages(connector := RecordingConnector(["a", "b", "c"])):
+        stage.retrieve("q", size=2, deadline=1234.5)
+    assert len(connector.requests) == 4  # lexical 1, dense 1, hybrid 2
+    assert {r.deadline for r in connector.requests} == {1234.5}
+
+
+async def test_every_stage_puts_the_deadline_on_async_requests_too() -> None:
+    for stage in _stages(connector := AsyncRecordingConnector(["a", "b", "c"])):
+        await stage.aretrieve("q", size=2, deadline=99.0)
+    assert len(connector.requests) == 4
+    assert {r.deadline for r in connector.requests} == {99.0}
+
+
+def test_without_a_deadline_requests_carry_none() -> None:
+    for stage in _stages(connector := RecordingConnector(["a"])):
+        stage.retrieve("q", size=1)
+    assert {r.deadline for r in connector.requests} == {None}

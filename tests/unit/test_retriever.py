@@ -21,7 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.docs_examples import python_blocks
 
-from secondpass.errors import ConfigurationError, OverloadedError, RerankError
+from secondpass.errors import (
+    ConfigurationError,
+    OverloadedError,
+    RerankError,
+    SearchDeadlineError,
+)
 from secondpass.pipeline.cache import LRUScoreCache
 from secondpass.pipeline.engine import ScoringEngine
 from secondpass.pipeline.first_stage import LexicalStage
@@ -455,6 +460,75 @@ def test_deadline_spent_by_first_stage_skips_reranking(closing) -> None:
     assert result.status == "skipped" and "deadline" in (result.reason or "")
     assert [rh.hit.id for rh in result.hits] == ["d0", "d1"]
     assert scorer.calls == []
+
+
+class DeadlineConnector:
+    """A connector whose engine never answers in time: it gives up at the request's deadline.
+
+    It records the deadline it was given and raises as the real connectors do,
+    without waiting (the real wait is tested in ``tests/reliability``).
+    """
+
+    def __init__(self) -> None:
+        self.deadlines: list[float | None] = []
+
+    def search(self, request: SearchRequest) -> list[Hit]:
+        self.deadlines.append(request.deadline)
+        msg = "engine search: no answer within the caller's deadline"
+        raise SearchDeadlineError(msg)
+
+    def close(self) -> None:
+        pass
+
+
+class AsyncDeadlineConnector(DeadlineConnector):
+    async def search(self, request: SearchRequest) -> list[Hit]:  # type: ignore[override]
+        return super().search(request)
+
+    async def close(self) -> None:  # type: ignore[override]
+        pass
+
+
+def test_the_deadline_reaches_the_first_stage_and_its_expiry_raises(closing) -> None:
+    connector = DeadlineConnector()
+    scorer = HashScorer()
+    retriever = closing(connector=connector, scorer=scorer)
+    before = time.monotonic()
+    with pytest.raises(SearchDeadlineError):
+        retriever.search("q", deadline_ms=2000)
+    (deadline,) = connector.deadlines
+    assert deadline is not None and before + 1.9 <= deadline <= time.monotonic() + 2.0
+    assert scorer.calls == []  # nothing to rerank, nothing scored
+
+
+async def test_the_deadline_reaches_the_async_first_stage(closing) -> None:
+    connector = AsyncDeadlineConnector()
+    retriever = closing(connector=connector, scorer=HashScorer(), deadline_ms=500)
+    before = time.monotonic()
+    with pytest.raises(SearchDeadlineError):
+        await retriever.asearch("q")
+    (deadline,) = connector.deadlines
+    assert deadline is not None and before + 0.4 <= deadline <= time.monotonic() + 0.5
+
+
+def test_no_deadline_sends_none(closing) -> None:
+    connector = ListConnector(make_hits(["a"]))
+    closing(connector=connector, scorer=HashScorer()).search("q")
+    assert [r.deadline for r in connector.requests] == [None]
+
+
+def test_a_first_stage_without_the_deadline_keyword_still_works(closing) -> None:
+    class OldStage:
+        """A first stage written before ``deadline`` joined the protocol."""
+
+        def retrieve(self, query: str, *, size: int, filters=(), body=None) -> list[Hit]:  # type: ignore[no-untyped-def]
+            return make_hits(["a", "b"])[:size]
+
+        async def aretrieve(self, query: str, *, size: int, filters=(), body=None) -> list[Hit]:  # type: ignore[no-untyped-def]
+            return self.retrieve(query, size=size)
+
+    retriever = closing(first_stage=OldStage(), scorer=HashScorer())
+    assert retriever.search("q", deadline_ms=5000).status == "ok"
 
 
 def test_latency_budget_reranks_only_what_fits(closing) -> None:

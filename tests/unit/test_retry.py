@@ -29,7 +29,12 @@ from secondpass.connectors import (
     OpenSearchConnector,
 )
 from secondpass.connectors._retry import RETRYABLE_STATUSES, RetryPolicy, describe_transport_failure
-from secondpass.errors import BackendUnavailableError, ConfigurationError, QueryError
+from secondpass.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    QueryError,
+    SearchDeadlineError,
+)
 from secondpass.types import SearchRequest
 
 SYNC = {"elasticsearch": ElasticsearchConnector, "opensearch": OpenSearchConnector}
@@ -429,3 +434,63 @@ def test_transport_failures_are_described_without_their_text() -> None:
     except RuntimeError as exc:
         assert describe_transport_failure(exc) == "connection refused"
     assert describe_transport_failure(RuntimeError("???")) == "connection failed"
+
+
+# ------------------------------------------------- the caller's deadline, over the wire
+
+
+def _server_timeout_ms(payload: bytes) -> int:
+    timeout = json.loads(payload)["timeout"]
+    assert timeout.endswith("ms"), timeout
+    return int(timeout[:-2])
+
+
+def _options() -> dict[str, Any]:
+    # Settings that would wait 10 s per attempt and 30 s in all: the caller's deadline must win.
+    return {"max_attempts": 4, "deadline_s": 30.0, "request_timeout_s": 10.0}
+
+
+def test_sync_search_sends_the_time_left_and_gives_up_at_the_deadline(
+    stub: StubEngine, engine_name: str
+) -> None:
+    stub.script = [Reply(delay_s=3.0)]
+    connector = SYNC[engine_name](index="docs", fields=["title"], hosts=[stub.url], **_options())
+    try:
+        started = time.monotonic()
+        with pytest.raises(SearchDeadlineError, match="timed out"):
+            connector.search(SearchRequest("one", deadline=started + 0.5))
+        elapsed = time.monotonic() - started
+    finally:
+        connector.close()
+    assert elapsed < 0.5 + 1.0, elapsed  # not the 3 s the stub holds, nor the 10 s timeout
+    assert len(stub.requests) == 1
+    assert 0 < _server_timeout_ms(stub.requests[0][3]) <= 500
+
+
+async def test_async_search_sends_the_time_left_and_gives_up_at_the_deadline(
+    stub: StubEngine, engine_name: str
+) -> None:
+    stub.script = [Reply(delay_s=3.0)]
+    connector = ASYNC[engine_name](index="docs", fields=["title"], hosts=[stub.url], **_options())
+    try:
+        started = time.monotonic()
+        with pytest.raises(SearchDeadlineError, match="timed out"):
+            await connector.search(SearchRequest("one", deadline=started + 0.5))
+        elapsed = time.monotonic() - started
+    finally:
+        await connector.close()
+    assert elapsed < 0.5 + 1.0, elapsed
+    assert 0 < _server_timeout_ms(stub.requests[0][3]) <= 500
+
+
+def test_without_a_deadline_the_body_keeps_the_configured_server_timeout(
+    stub: StubEngine, engine_name: str
+) -> None:
+    connector = SYNC[engine_name](index="docs", fields=["title"], hosts=[stub.url], **_options())
+    try:
+        assert connector.search(SearchRequest("one"))
+        assert connector.search(SearchRequest("one", deadline=time.monotonic() + 60.0))
+    finally:
+        connector.close()
+    assert _server_timeout_ms(stub.requests[0][3]) == 10_000
+    assert _server_timeout_ms(stub.requests[1][3]) == 10_000  # capped by the request timeout

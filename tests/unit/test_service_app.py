@@ -372,3 +372,50 @@ async def test_search_passes_options_and_reports_degraded_answers() -> None:
     assert (
         'secondpass_degraded_responses_total{endpoint="/v1/search",status="skipped"} 1.0' in metrics
     )
+
+
+async def test_a_client_that_leaves_takes_its_pairs_out_of_the_queue() -> None:
+    """The model never scores for a client that has gone; the request counts as 499."""
+    scorer = FakeScorer()
+    scorer.gate = threading.Event()
+    app = make_app(scorer)
+    body = json.dumps({"query": "gone", "texts": ["a b", "c d", "e f"]}).encode()
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/rerank", "raw_path": b"/rerank", "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    }  # fmt: skip
+    leave = asyncio.Event()
+    sent: list[dict[str, Any]] = []
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await leave.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async with running(app, ready=False) as client:
+        await asyncio.to_thread(scorer.entered.wait, 5)  # the model is busy (held by the gate)
+        batcher = app.state.service.batcher
+        call = asyncio.create_task(app(scope, receive, send))
+        async with asyncio.timeout(5):
+            while batcher.queued_pairs < 3:
+                await asyncio.sleep(0.005)
+            leave.set()
+            await call
+            while batcher.queued_pairs:
+                await asyncio.sleep(0.005)
+        scorer.gate.set()
+        after = await client.post("/rerank", json={"query": "next", "texts": ["x"]})
+        metrics = (await client.get("/metrics")).text
+    assert after.status_code == 200
+    assert sent == []  # nobody to answer
+    assert all(q != "gone" for batch in scorer.batches for q, _ in batch)
+    assert 'secondpass_http_requests_total{endpoint="/rerank",method="POST",status="499"} 1.0' in metrics

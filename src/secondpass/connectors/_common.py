@@ -265,18 +265,27 @@ class _ConnectorCore(Generic[ClientT]):
     def _what(self, operation: str) -> str:
         return f"{self.engine} {operation} on {self._index_param!r}"
 
-    def _search_body(self, request: SearchRequest) -> dict[str, Any]:
+    def _search_body(self, request: SearchRequest, attempt_timeout_s: float) -> dict[str, Any]:
+        """The search body; with a caller deadline, the engine's ``timeout`` is the time left.
+
+        ``attempt_timeout_s`` is this attempt's client timeout (already capped by
+        the deadline), so the engine stops collecting hits when the client stops
+        waiting for them instead of working on for nobody.
+        """
+        server_s = (
+            self.settings.request_timeout_s
+            if self.settings.server_timeout_s is None
+            else self.settings.server_timeout_s
+        )
+        if request.deadline is not None:
+            server_s = min(server_s, attempt_timeout_s)
         return search_body(
             request,
             engine=self.engine,
             fields=self.fields,
             text_fields=self.text_fields,
             source_includes=self.source_includes,
-            timeout_s=(
-                self.settings.request_timeout_s
-                if self.settings.server_timeout_s is None
-                else self.settings.server_timeout_s
-            ),
+            timeout_s=server_s,
         )
 
     def _hits(self, response: Any) -> list[Hit]:
@@ -330,9 +339,21 @@ class SyncConnector(_ConnectorCore[ClientT]):
         )
 
     def search(self, request: SearchRequest) -> list[Hit]:
-        """Return the top ``request.size`` hits in the engine's order (ranks 1..n)."""
-        body = self._search_body(request)
-        response = self._call("search", lambda api: api.search(index=self._index_param, body=body))
+        """Return the top ``request.size`` hits in the engine's order (ranks 1..n).
+
+        With ``request.deadline`` set, the call ends by it: each attempt's client
+        timeout and the engine's search ``timeout`` are the time left, and
+        :class:`~secondpass.errors.SearchDeadlineError` is raised when it runs out.
+        """
+        client = self._client_now()
+        response = self.retry.call(
+            lambda timeout_s: self._api(client, timeout_s).search(
+                index=self._index_param, body=self._search_body(request, timeout_s)
+            ),
+            what=self._what("search"),
+            translate=self._translate,
+            deadline=request.deadline,
+        )
         return self._hits(response)
 
     def ping(self) -> bool:
@@ -468,15 +489,21 @@ class AsyncConnector(_ConnectorCore[ClientT]):
     """The asyncio connector: search without blocking the event loop."""
 
     async def search(self, request: SearchRequest) -> list[Hit]:
-        """Return the top ``request.size`` hits in the engine's order (ranks 1..n)."""
-        body = self._search_body(request)
+        """Return the top ``request.size`` hits in the engine's order (ranks 1..n).
+
+        Bounded by ``request.deadline`` as the sync ``search`` is. Cancelling the
+        awaiting task cancels the HTTP request in flight: the aiohttp-based
+        clients close that connection rather than return it to the pool, so a
+        paused engine is not left holding connections for callers that left.
+        """
         client = self._client_now()
         response = await self.retry.acall(
             lambda timeout_s: self._api(client, timeout_s).search(
-                index=self._index_param, body=body
+                index=self._index_param, body=self._search_body(request, timeout_s)
             ),
             what=self._what("search"),
             translate=self._translate,
+            deadline=request.deadline,
         )
         return self._hits(response)
 

@@ -6,7 +6,10 @@ connectors build their clients with ``max_retries=0`` and ``retry_on_timeout=Fal
 and every call goes through :class:`RetryPolicy` instead: a named retryable set
 (connection errors, timeouts, HTTP 429/502/503/504), jittered exponential
 backoff, an overall deadline that also caps each attempt's timeout, a log line
-before each sleep and a typed error when it gives up.
+before each sleep and a typed error when it gives up. A call may also carry the
+caller's own absolute deadline (a request's ``deadline_ms``): the earlier of the
+two bounds the attempts and the sleeps, and running out of the caller's time is
+reported as :class:`SearchDeadlineError`.
 
 Client exceptions are translated to our own types at the attempt boundary (by a
 ``translate`` function each engine supplies), so what is retried is decided here
@@ -16,10 +19,11 @@ is not.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
 from tenacity import (
@@ -28,12 +32,15 @@ from tenacity import (
     RetryError,
     Retrying,
     retry_if_exception_type,
-    stop_after_attempt,
-    stop_before_delay,
     wait_random_exponential,
 )
 
-from secondpass.errors import BackendUnavailableError, ConnectorError, QueryError
+from secondpass.errors import (
+    BackendUnavailableError,
+    ConnectorError,
+    QueryError,
+    SearchDeadlineError,
+)
 
 logger = logging.getLogger("secondpass.connectors")
 
@@ -121,14 +128,27 @@ def _raise_translated(exc: Exception, translate: Translate, what: str) -> NoRetu
 
 
 @dataclass(frozen=True, slots=True)
+class _Budget:
+    """The time limits of one call, on the policy's clock."""
+
+    started: float
+    ends: float  # the earlier of the policy's deadline and the caller's
+    caller_bound: bool  # True when the caller's deadline is the earlier one
+
+
+@dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Attempts, backoff and deadline for one engine call.
 
     ``deadline_s`` bounds the whole call: no sleep is started that would end past
     it, and each attempt's timeout is the smaller of ``request_timeout_s`` and
-    the time left. Backoff is "full jitter": a uniform draw between 0 and
-    ``initial_backoff_s * 2**n`` capped at ``max_backoff_s``, so clients that
-    failed together do not retry together.
+    the time left. A call given the caller's own ``deadline`` (absolute, on
+    ``clock``) is bounded by whichever comes first. Backoff is "full jitter": a
+    uniform draw between 0 and ``initial_backoff_s * 2**n`` capped at
+    ``max_backoff_s``, so clients that failed together do not retry together.
+
+    ``clock``, ``sleep`` and ``asleep`` are injectable so that tests can run the
+    policy on a fake clock instead of waiting.
 
     Example:
         >>> RetryPolicy(max_attempts=3, deadline_s=5.0).max_attempts
@@ -140,10 +160,22 @@ class RetryPolicy:
     request_timeout_s: float = 10.0
     initial_backoff_s: float = 0.2
     max_backoff_s: float = 2.0
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
+    asleep: Callable[[float], Awaitable[None]] = field(
+        default=asyncio.sleep, repr=False, compare=False
+    )
 
-    def _kwargs(self, what: str) -> dict[str, Any]:
+    def _budget(self, deadline: float | None) -> _Budget:
+        started = self.clock()
+        own = started + self.deadline_s
+        if deadline is not None and deadline < own:
+            return _Budget(started=started, ends=deadline, caller_bound=True)
+        return _Budget(started=started, ends=own, caller_bound=False)
+
+    def _kwargs(self, what: str, budget: _Budget) -> dict[str, Any]:
         return {
-            "stop": stop_after_attempt(self.max_attempts) | stop_before_delay(self.deadline_s),
+            "stop": self._stop(budget),
             "wait": wait_random_exponential(
                 multiplier=self.initial_backoff_s, max=self.max_backoff_s
             ),
@@ -151,6 +183,16 @@ class RetryPolicy:
             "before_sleep": self._before_sleep(what),
             "reraise": False,
         }
+
+    def _stop(self, budget: _Budget) -> Callable[[RetryCallState], bool]:
+        # tenacity's own stop_before_delay reads its clock, not ours, and counts
+        # from its start, not the caller's deadline: decide here, on one clock.
+        def stop(state: RetryCallState) -> bool:
+            if state.attempt_number >= self.max_attempts:
+                return True
+            return self.clock() + state.upcoming_sleep >= budget.ends
+
+        return stop
 
     def _before_sleep(self, what: str) -> Callable[[RetryCallState], None]:
         def log(state: RetryCallState) -> None:
@@ -166,47 +208,90 @@ class RetryPolicy:
 
         return log
 
-    def attempt_timeout(self, started: float) -> float:
-        """Seconds the next attempt may take: the request timeout, capped by the deadline."""
-        left = self.deadline_s - (time.monotonic() - started)
-        return max(0.001, min(self.request_timeout_s, left))
+    def attempt_timeout(self, started: float, deadline: float | None = None) -> float:
+        """Seconds the next attempt may take: the request timeout, capped by the deadline.
 
-    def _gave_up(self, error: RetryError, what: str, started: float) -> BackendUnavailableError:
+        ``started`` is when the call began on ``clock``; ``deadline`` is the
+        caller's absolute deadline, if any. Never below 1 ms (a client refuses 0).
+        """
+        ends = started + self.deadline_s
+        if deadline is not None:
+            ends = min(ends, deadline)
+        return max(0.001, min(self.request_timeout_s, ends - self.clock()))
+
+    def _out_of_time(self, budget: _Budget, what: str) -> SearchDeadlineError | None:
+        if budget.caller_bound and self.clock() >= budget.ends:
+            return SearchDeadlineError(f"{what}: the caller's deadline had passed before the call")
+        return None
+
+    def _gave_up(self, error: RetryError, what: str, budget: _Budget) -> BackendUnavailableError:
         last = error.last_attempt
         cause = last.exception()
+        spent = self.clock() - budget.started
+        if budget.caller_bound and last.attempt_number < self.max_attempts:
+            return SearchDeadlineError(
+                f"{what}: no answer within the caller's deadline "
+                f"({budget.ends - budget.started:.2f} s) after {last.attempt_number} "
+                f"attempt(s) in {spent:.2f} s: {cause}"
+            )
         return BackendUnavailableError(
-            f"{what}: gave up after {last.attempt_number} attempt(s) in "
-            f"{time.monotonic() - started:.2f} s: {cause}"
+            f"{what}: gave up after {last.attempt_number} attempt(s) in {spent:.2f} s: {cause}"
         )
 
-    def call(self, attempt: Callable[[float], T], *, what: str, translate: Translate) -> T:
-        """Run ``attempt(timeout_s)`` under the policy; raise our typed errors only."""
-        started = time.monotonic()
+    def call(
+        self,
+        attempt: Callable[[float], T],
+        *,
+        what: str,
+        translate: Translate,
+        deadline: float | None = None,
+    ) -> T:
+        """Run ``attempt(timeout_s)`` under the policy; raise our typed errors only.
+
+        ``deadline`` is the caller's absolute deadline on ``clock``: no attempt
+        starts, and no sleep ends, after it.
+        """
+        budget = self._budget(deadline)
+        late = self._out_of_time(budget, what)
+        if late is not None:
+            raise late
 
         def once() -> T:
             try:
-                return attempt(self.attempt_timeout(started))
+                return attempt(self.attempt_timeout(budget.started, deadline))
             except Exception as exc:
                 _raise_translated(exc, translate, what)
 
         try:
-            return Retrying(**self._kwargs(what))(once)
+            return Retrying(sleep=self.sleep, **self._kwargs(what, budget))(once)
         except RetryError as exc:
-            raise self._gave_up(exc, what, started) from exc.last_attempt.exception()
+            raise self._gave_up(exc, what, budget) from exc.last_attempt.exception()
 
     async def acall(
-        self, attempt: Callable[[float], Awaitable[T]], *, what: str, translate: Translate
+        self,
+        attempt: Callable[[float], Awaitable[T]],
+        *,
+        what: str,
+        translate: Translate,
+        deadline: float | None = None,
     ) -> T:
-        """The asyncio variant of :meth:`call`; sleeps without blocking the loop."""
-        started = time.monotonic()
+        """The asyncio variant of :meth:`call`; sleeps without blocking the loop.
+
+        Cancelling the awaiting task cancels the attempt in flight (the client
+        closes its connection) and any pending sleep; nothing is retried after.
+        """
+        budget = self._budget(deadline)
+        late = self._out_of_time(budget, what)
+        if late is not None:
+            raise late
 
         async def once() -> T:
             try:
-                return await attempt(self.attempt_timeout(started))
+                return await attempt(self.attempt_timeout(budget.started, deadline))
             except Exception as exc:
                 _raise_translated(exc, translate, what)
 
         try:
-            return await AsyncRetrying(**self._kwargs(what))(once)
+            return await AsyncRetrying(sleep=self.asleep, **self._kwargs(what, budget))(once)
         except RetryError as exc:
-            raise self._gave_up(exc, what, started) from exc.last_attempt.exception()
+            raise self._gave_up(exc, what, budget) from exc.last_attempt.exception()

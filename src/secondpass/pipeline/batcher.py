@@ -269,7 +269,12 @@ class DynamicBatcher:
         if not pairs:
             return []
         if self._closing or self._task is None or self._task.done():
-            msg = "the scorer is shutting down" if self._closing else "the scorer is not started"
+            if self._closing:
+                msg = "the scorer is shutting down"
+            elif self._task is None:
+                msg = "the scorer is not started"
+            else:
+                msg = "the scorer's batch worker stopped"
             raise ScoringUnavailableError(msg, retry_after_s=self._retry_after_s)
         now = self._clock()
         if deadline <= now:

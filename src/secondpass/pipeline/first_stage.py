@@ -12,6 +12,13 @@ A stage accepts either a synchronous or an asyncio connector. ``retrieve`` needs
 synchronous one; ``aretrieve`` awaits an async connector directly and runs a
 synchronous one (and the encoder, which may be a CPU-bound model) in a worker
 thread so the event loop keeps serving other requests.
+
+Every stage takes the caller's ``deadline`` (absolute ``time.monotonic()``
+seconds) and puts it on each :class:`~secondpass.types.SearchRequest`, so the
+connector bounds its attempts, retries and the engine's own search ``timeout``
+by it and raises :class:`~secondpass.errors.SearchDeadlineError` when it runs
+out. The :class:`~secondpass.pipeline.retriever.Retriever` passes its
+``deadline_ms`` this way; whatever time the first stage leaves is the scoring budget.
 """
 
 from __future__ import annotations
@@ -39,13 +46,28 @@ class FirstStage(Protocol):
     """Fetches the candidate window for one query, best first, ranks 1..n."""
 
     def retrieve(
-        self, query: str, *, size: int, filters: Filters = (), body: Body = None
+        self,
+        query: str,
+        *,
+        size: int,
+        filters: Filters = (),
+        body: Body = None,
+        deadline: float | None = None,
     ) -> list[Hit]:
-        """Return at most ``size`` hits in first-stage order, after applying every filter."""
+        """Return at most ``size`` hits in first-stage order, after applying every filter.
+
+        ``deadline`` (absolute ``time.monotonic()``) bounds the engine calls.
+        """
         ...
 
     async def aretrieve(
-        self, query: str, *, size: int, filters: Filters = (), body: Body = None
+        self,
+        query: str,
+        *,
+        size: int,
+        filters: Filters = (),
+        body: Body = None,
+        deadline: float | None = None,
     ) -> list[Hit]:
         """The asyncio variant of :meth:`retrieve`; must not block the event loop."""
         ...
@@ -85,6 +107,7 @@ def _knn_request(
     k: int,
     num_candidates: int,
     filters: Filters,
+    deadline: float | None,
 ) -> SearchRequest:
     """A kNN search for ``k`` neighbours; the connector puts ``filters`` inside the kNN clause."""
     knn = KnnQuery(
@@ -93,7 +116,7 @@ def _knn_request(
         k=k,
         num_candidates=max(num_candidates, k),
     )
-    return SearchRequest(query=query, size=k, filters=tuple(filters), knn=knn)
+    return SearchRequest(query=query, size=k, filters=tuple(filters), knn=knn, deadline=deadline)
 
 
 def _check_vector_field(vector_field: str) -> None:
@@ -106,21 +129,37 @@ class _Stage:
     """The :class:`FirstStage` methods, written once; a stage implements ``_fetch``/``_afetch``."""
 
     def retrieve(
-        self, query: str, *, size: int, filters: Filters = (), body: Body = None
+        self,
+        query: str,
+        *,
+        size: int,
+        filters: Filters = (),
+        body: Body = None,
+        deadline: float | None = None,
     ) -> list[Hit]:
-        """Return at most ``size`` hits in first-stage order."""
-        return self._fetch(query, size, tuple(filters), body)
+        """Return at most ``size`` hits in first-stage order, by ``deadline`` if given."""
+        return self._fetch(query, size, tuple(filters), body, deadline)
 
     async def aretrieve(
-        self, query: str, *, size: int, filters: Filters = (), body: Body = None
+        self,
+        query: str,
+        *,
+        size: int,
+        filters: Filters = (),
+        body: Body = None,
+        deadline: float | None = None,
     ) -> list[Hit]:
         """The asyncio variant of :meth:`retrieve`; never blocks the event loop."""
-        return await self._afetch(query, size, tuple(filters), body)
+        return await self._afetch(query, size, tuple(filters), body, deadline)
 
-    def _fetch(self, query: str, size: int, filters: Filters, body: Body) -> list[Hit]:
+    def _fetch(
+        self, query: str, size: int, filters: Filters, body: Body, deadline: float | None
+    ) -> list[Hit]:
         raise NotImplementedError
 
-    async def _afetch(self, query: str, size: int, filters: Filters, body: Body) -> list[Hit]:
+    async def _afetch(
+        self, query: str, size: int, filters: Filters, body: Body, deadline: float | None
+    ) -> list[Hit]:
         raise NotImplementedError
 
 
@@ -135,12 +174,16 @@ class LexicalStage(_Stage):
     def __init__(self, connector: AnyConnector) -> None:
         self.connector = connector
 
-    def _fetch(self, query: str, size: int, filters: Filters, body: Body) -> list[Hit]:
-        request = SearchRequest(query=query, size=size, filters=filters, body=body)
+    def _fetch(
+        self, query: str, size: int, filters: Filters, body: Body, deadline: float | None
+    ) -> list[Hit]:
+        request = SearchRequest(query=query, size=size, filters=filters, body=body, deadline=deadline)
         return _search_sync(self.connector, request)
 
-    async def _afetch(self, query: str, size: int, filters: Filters, body: Body) -> list[Hit]:
-        request = SearchRequest(query=query, size=size, filters=filters, body=body)
+    async def _afetch(
+        self, query: str, size: int, filters: Filters, body: Body, deadline: float | None
+    ) -> list[Hit]:
+        request = SearchRequest(query=query, size=size, filters=filters, body=body, deadline=deadline)
         return await _search_async(self.connector, request)
 
 
@@ -178,7 +221,12 @@ class DenseStage(_Stage):
         self.num_candidates = num_candidates
 
     def _request(
-        self, query: str, vector: Sequence[float], size: int, filters: Filters
+        self,
+        query: str,
+        vector: Sequence[float],
+        size: int,
+        filters: Filters,
+        deadline: float | None,
     ) -> SearchRequest:
         candidates = max(2 * size, 100) if self.num_candidates is None else self.num_candidates
         return _knn_request(
@@ -188,6 +236,7 @@ class DenseStage(_Stage):
             k=size,
             num_candidates=candidates,
             filters=filters,
+            deadline=deadline,
         )
 
     @staticmethod
@@ -196,19 +245,25 @@ class DenseStage(_Stage):
             msg = "the dense first stage has no lexical query for a body to replace; pass filters instead"
             raise ConfigurationError(msg)
 
-    def _fetch(self, query: str, size: int, filters: Filters, body: Body) -> list[Hit]:
+    def _fetch(
+        self, query: str, size: int, filters: Filters, body: Body, deadline: float | None
+    ) -> list[Hit]:
         self._refuse(body)
         if size <= 0:
             return []
         vector = _encode_query(self.encoder, query)
-        return _search_sync(self.connector, self._request(query, vector, size, filters))
+        request = self._request(query, vector, size, filters, deadline)
+        return _search_sync(self.connector, request)
 
-    async def _afetch(self, query: str, size: int, filters: Filters, body: Body) -> list[Hit]:
+    async def _afetch(
+        self, query: str, size: int, filters: Filters, body: Body, deadline: float | None
+    ) -> list[Hit]:
         self._refuse(body)
         if size <= 0:
             return []
         vector = await asyncio.to_thread(_encode_query, self.encoder, query)
-        return await _search_async(self.connector, self._request(query, vector, size, filters))
+        request = self._request(query, vector, size, filters, deadline)
+        return await _search_async(self.connector, request)
 
 
 class HybridStage(_Stage):
@@ -268,11 +323,19 @@ class HybridStage(_Stage):
         self.knn_candidates = knn_candidates
 
     def _requests(
-        self, query: str, vector: Sequence[float], size: int, filters: Filters, body: Body
+        self,
+        query: str,
+        vector: Sequence[float],
+        size: int,
+        filters: Filters,
+        body: Body,
+        deadline: float | None,
     ) -> tuple[SearchRequest, SearchRequest]:
         per_side = max(size, self.depth)
         candidates = 2 * per_side if self.knn_candidates is None else self.knn_candidates
-        lexical = SearchRequest(query=query, size=per_side, filters=tuple(filters), body=body)
+        lexical = SearchRequest(
+            query=query, size=per_side, filters=tuple(filters), body=body, deadline=deadline
+        )
         dense = _knn_request(
             query,
             vector,
@@ -280,6 +343,7 @@ class HybridStage(_Stage):
             k=per_side,
             num_candidates=candidates,
             filters=filters,
+            deadline=deadline,
         )
         return lexical, dense
 
@@ -290,21 +354,25 @@ class HybridStage(_Stage):
             fused = linear_fusion([lexical, dense], weights=(self.alpha, 1.0 - self.alpha))
         return fused[:size]
 
-    def _fetch(self, query: str, size: int, filters: Filters, body: Body) -> list[Hit]:
+    def _fetch(
+        self, query: str, size: int, filters: Filters, body: Body, deadline: float | None
+    ) -> list[Hit]:
         if size <= 0:
             return []
         vector = _encode_query(self.encoder, query)
-        lexical_req, dense_req = self._requests(query, vector, size, filters, body)
+        lexical_req, dense_req = self._requests(query, vector, size, filters, body, deadline)
         lexical = _search_sync(self.connector, lexical_req)
         dense = _search_sync(self.connector, dense_req)
         return self._fuse(lexical, dense, size)
 
-    async def _afetch(self, query: str, size: int, filters: Filters, body: Body) -> list[Hit]:
-        # Both searches in flight at once.
+    async def _afetch(
+        self, query: str, size: int, filters: Filters, body: Body, deadline: float | None
+    ) -> list[Hit]:
+        # Both searches in flight at once; cancelling this task cancels both.
         if size <= 0:
             return []
         vector = await asyncio.to_thread(_encode_query, self.encoder, query)
-        lexical_req, dense_req = self._requests(query, vector, size, filters, body)
+        lexical_req, dense_req = self._requests(query, vector, size, filters, body, deadline)
         lexical, dense = await asyncio.gather(
             _search_async(self.connector, lexical_req), _search_async(self.connector, dense_req)
         )

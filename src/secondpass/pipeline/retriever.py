@@ -43,10 +43,11 @@ Guarantees a caller can rely on:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from secondpass.errors import (
@@ -236,7 +237,7 @@ class Retriever:
     ) -> SearchResult:
         """Fetch the first stage and return hits ``offset .. offset + k`` of the reranked order."""
         call = self._call(query, k, offset, deadline_ms)
-        hits = self._fetch(query, max(self.window, offset + k), tuple(filters or ()), body)
+        hits = self._fetch(call, max(self.window, offset + k), tuple(filters or ()), body)
         first_stage_ms = (time.perf_counter() - call.started) * 1000
         return _with_first_stage(self._rerank(call, hits), first_stage_ms, call.started)
 
@@ -252,7 +253,7 @@ class Retriever:
     ) -> SearchResult:
         """The asyncio variant of :meth:`search`; the event loop never waits on the model."""
         call = self._call(query, k, offset, deadline_ms)
-        hits = await self._afetch(query, max(self.window, offset + k), tuple(filters or ()), body)
+        hits = await self._afetch(call, max(self.window, offset + k), tuple(filters or ()), body)
         first_stage_ms = (time.perf_counter() - call.started) * 1000
         return _with_first_stage(await self._arerank(call, hits), first_stage_ms, call.started)
 
@@ -310,33 +311,39 @@ class Retriever:
         return _Call(query=query, k=k, offset=offset, started=started, deadline_at=deadline_at)
 
     def _fetch(
-        self, query: str, want: int, filters: tuple[Mapping[str, Any], ...], body: Mapping[str, Any] | None
+        self, call: _Call, want: int, filters: tuple[Mapping[str, Any], ...], body: Mapping[str, Any] | None
     ) -> list[Hit]:
-        """First stage: ``want`` distinct hits (asking again if duplicates cost some)."""
+        """First stage: ``want`` distinct hits (asking again if duplicates cost some).
+
+        The call's deadline goes with every request, so the engine calls (refills
+        included) end by it with :class:`~secondpass.errors.SearchDeadlineError`.
+        """
         stage = self._stage()
+        extra = _deadline_kwargs(stage.retrieve, call)
         size = want
-        hits = stage.retrieve(query, size=size, filters=filters, body=body)
+        hits = stage.retrieve(call.query, size=size, filters=filters, body=body, **extra)
         for _ in range(_REFILL_ROUNDS):
             bigger = _refill_size(hits, size, want)
             if bigger is None:
                 break
             size = bigger
-            hits = stage.retrieve(query, size=size, filters=filters, body=body)
+            hits = stage.retrieve(call.query, size=size, filters=filters, body=body, **extra)
         return hits
 
     async def _afetch(
-        self, query: str, want: int, filters: tuple[Mapping[str, Any], ...], body: Mapping[str, Any] | None
+        self, call: _Call, want: int, filters: tuple[Mapping[str, Any], ...], body: Mapping[str, Any] | None
     ) -> list[Hit]:
-        """The asyncio twin of :meth:`_fetch`."""
+        """The asyncio twin of :meth:`_fetch`; cancelling the call cancels the engine request."""
         stage = self._stage()
+        extra = _deadline_kwargs(stage.aretrieve, call)
         size = want
-        hits = await stage.aretrieve(query, size=size, filters=filters, body=body)
+        hits = await stage.aretrieve(call.query, size=size, filters=filters, body=body, **extra)
         for _ in range(_REFILL_ROUNDS):
             bigger = _refill_size(hits, size, want)
             if bigger is None:
                 break
             size = bigger
-            hits = await stage.aretrieve(query, size=size, filters=filters, body=body)
+            hits = await stage.aretrieve(call.query, size=size, filters=filters, body=body, **extra)
         return hits
 
     def _rerank(self, call: _Call, hits: Sequence[Hit]) -> SearchResult:
@@ -492,6 +499,24 @@ class Retriever:
             msg = "this Retriever has no connector or first_stage: pass one to search, or use rerank_hits"
             raise ConfigurationError(msg)
         return self.first_stage
+
+
+def _deadline_kwargs(method: Callable[..., Any], call: _Call) -> dict[str, float]:
+    """``{"deadline": ...}`` for a stage's ``retrieve``/``aretrieve``, or nothing to pass.
+
+    A first stage written before ``deadline`` joined the protocol does not take
+    the keyword; it keeps working, bounded by its own connection settings only.
+    """
+    deadline = call.engine_deadline()
+    if deadline is None:
+        return {}
+    try:
+        params = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    if any(p.name == "deadline" or p.kind is p.VAR_KEYWORD for p in params):
+        return {"deadline": deadline}
+    return {}
 
 
 def _refill_size(hits: Sequence[Hit], size: int, want: int) -> int | None:

@@ -54,6 +54,7 @@ from secondpass.service.http_limits import (
 if TYPE_CHECKING:
     import httpx
 
+    from secondpass.pipeline.engine import ScoringEngine
     from secondpass.pipeline.protocols import ScoreCache, Scorer
     from secondpass.pipeline.retriever import Retriever
     from secondpass.proxy.settings import ProxySettings
@@ -86,18 +87,20 @@ class RerankProxy:
         transport: httpx.AsyncBaseTransport | None = None,
         metrics: ProxyMetrics | None = None,
     ) -> None:
+        # Refuses credentials without lend_credentials before anything is served.
+        self._gate = settings.access_gate()
+        self.metrics = ProxyMetrics() if metrics is None else metrics
+        self._owned_engine: ScoringEngine | None = None
         if retriever is None:
             if scorer is None:
                 msg = "RerankProxy needs a retriever or a scorer"
                 raise TypeError(msg)
-            retriever = build_retriever(settings, scorer, cache)
+            retriever = build_retriever(settings, scorer, cache, observer=self.metrics.engine)
+            self._owned_engine = retriever.engine
         self.settings = settings
         self.retriever = retriever
-        # Refuses credentials without lend_credentials before anything is served.
-        self._gate = settings.access_gate()
         self._lends = self._gate is not None and self._gate.allow is not None
         self.limits = settings.http_limits()
-        self.metrics = ProxyMetrics() if metrics is None else metrics
         self._upstream = Upstream(settings, metrics=self.metrics, transport=transport)
         self._admin = AdminEndpoints(
             metrics=self.metrics, upstream=self._upstream, retriever=retriever
@@ -131,6 +134,16 @@ class RerankProxy:
     async def aclose(self) -> None:
         """Close the upstream connections. The retriever belongs to the caller."""
         await self._upstream.aclose()
+
+    def close(self) -> None:
+        """Stop the scoring engine this proxy built from a ``scorer`` (idempotent).
+
+        Not part of :meth:`aclose`: a proxy may be served again after its
+        connections closed (tests serve one proxy several times), while a closed
+        engine stays closed. A retriever passed in keeps its engine.
+        """
+        if self._owned_engine is not None:
+            self._owned_engine.close()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

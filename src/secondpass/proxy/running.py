@@ -126,6 +126,7 @@ def run(settings: ProxySettings, *, proxy: RerankProxy | None = None) -> int:
         server.run()
     finally:
         app.retriever.close()
+        app.close()
         close = getattr(app.retriever.scorer, "close", None)
         if callable(close):
             close()

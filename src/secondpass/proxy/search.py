@@ -22,6 +22,9 @@ from typing import Any
 
 import httpx
 
+from secondpass.pipeline.batcher import BatchObserver
+from secondpass.pipeline.breaker import CircuitBreaker
+from secondpass.pipeline.engine import ScoringEngine
 from secondpass.pipeline.passages import render_passage
 from secondpass.pipeline.protocols import ScoreCache, Scorer
 from secondpass.pipeline.retriever import Retriever
@@ -59,7 +62,11 @@ PASSAGE_FIELD = "passage"
 
 
 def build_retriever(
-    settings: ProxySettings, scorer: Scorer, cache: ScoreCache | None = None
+    settings: ProxySettings,
+    scorer: Scorer,
+    cache: ScoreCache | None = None,
+    *,
+    observer: BatchObserver | None = None,
 ) -> Retriever:
     """The retriever the proxy reranks with: the facade's, minus the first stage.
 
@@ -69,17 +76,31 @@ def build_retriever(
     ``rerank.min_score`` is not applied, because dropping hits would contradict
     ``hits.total`` and the page arithmetic clients rely on.
 
-    The retriever builds (and closes) one
-    :class:`~secondpass.pipeline.engine.ScoringEngine` for the whole proxy, so
-    concurrent searches share its batch queue, cache and circuit breaker, as
-    the service's routes do.
+    It scores through ONE :class:`~secondpass.pipeline.engine.ScoringEngine`
+    built here from the proxy's batching, queue and breaker settings (the
+    service's settings of the same names), so concurrent searches share its
+    batch queue, cache and circuit breaker as the service's routes do.
+    ``observer`` receives the engine's batch reports (the proxy's metrics).
+    The engine is the caller's to close (``retriever.engine.close()``;
+    :meth:`RerankProxy.close <secondpass.proxy.app.RerankProxy.close>` does it
+    for an engine the proxy built).
     """
-    from secondpass.pipeline.breaker import CircuitBreaker
-
-    return Retriever(
+    engine = ScoringEngine(
         scorer=scorer,
         cache=cache,
-        breaker=CircuitBreaker(),
+        breaker=CircuitBreaker(
+            failure_threshold=settings.breaker_failures, reset_after_s=settings.breaker_reset_s
+        ),
+        batching=settings.batching,
+        max_batch_pairs=settings.max_batch_pairs,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue_pairs=settings.max_queue_pairs,
+        max_queue_s=settings.max_queue_s,
+        observer=observer,
+    )
+    return Retriever(
+        engine=engine,
         template=None,
         window=settings.window,
         deadline_ms=settings.deadline_ms,
@@ -218,17 +239,30 @@ class SearchReranker:
         return response, (time.perf_counter() - started) * 1000
 
     async def _rerank(
-        self, response: dict[str, Any], plan: rules.SearchPlan, texts: rules.RequestTexts
+        self,
+        response: dict[str, Any],
+        plan: rules.SearchPlan,
+        texts: rules.RequestTexts,
+        *,
+        deadline_ms: float | None = None,
     ) -> Outcome:
-        """Rerank one search response; any fault gives the engine-order page instead."""
+        """Rerank one search response; any fault gives the engine-order page instead.
+
+        ``deadline_ms`` overrides ``settings.deadline_ms`` (an ``_msearch`` item
+        gets what is left of its request's budget).
+        """
         started = time.perf_counter()
-        outcome = await self._rerank_or_fall_back(response, plan, texts)
+        outcome = await self._rerank_or_fall_back(response, plan, texts, deadline_ms)
         seconds = time.perf_counter() - started
         self._metrics.rerank_latency.observe(seconds)
         return dataclasses.replace(outcome, rerank_ms=seconds * 1000)
 
     async def _rerank_or_fall_back(
-        self, response: dict[str, Any], plan: rules.SearchPlan, texts: rules.RequestTexts
+        self,
+        response: dict[str, Any],
+        plan: rules.SearchPlan,
+        texts: rules.RequestTexts,
+        deadline_ms: float | None,
     ) -> Outcome:
         try:
             hits = self._hits(response, plan, texts)
@@ -237,7 +271,9 @@ class SearchReranker:
                     rules.engine_order_response(response, plan),
                     rules.status_header("skipped", hits),
                 )
-            result = await self.retriever.arerank_hits(plan.query_text, hits, k=None, offset=0)
+            result = await self.retriever.arerank_hits(
+                plan.query_text, hits, k=None, offset=0, deadline_ms=deadline_ms
+            )
             self._metrics.reranked(
                 hits=result.reranked, cache_hits=result.cache_hits, cache_misses=result.cache_misses
             )
@@ -323,6 +359,7 @@ class SearchReranker:
                     text_fields=texts.fields, header_query=header_query,
                 )
             )  # fmt: skip
+        _cap_reranked(plans, self.settings.max_msearch_reranked)
         if not any(isinstance(p, rules.SearchPlan) for p in plans):
             reasons = ", ".join(
                 rules.status_header("skipped", p.reason) for p in plans if isinstance(p, rules.Skip)
@@ -344,6 +381,7 @@ class SearchReranker:
         if sent is None:
             return
         response, upstream_ms = sent
+        budget = _Budget.start(self.settings.deadline_ms)
         body = json_object(response)
         responses = body.get("responses") if body is not None else None
         if (
@@ -359,7 +397,7 @@ class SearchReranker:
         await self._replay_rejected(incoming, parsed, plans, responses, query)
         outcomes = await asyncio.gather(
             *(
-                self._msearch_item(item_response, plan, texts)
+                self._msearch_item(item_response, plan, texts, budget)
                 for item_response, plan, texts in zip(responses, plans, item_texts, strict=True)
             )
         )
@@ -386,13 +424,23 @@ class SearchReranker:
         return body[0]
 
     async def _msearch_item(
-        self, item: Any, plan: rules.SearchPlan | rules.Skip, texts: rules.RequestTexts
+        self,
+        item: Any,
+        plan: rules.SearchPlan | rules.Skip,
+        texts: rules.RequestTexts,
+        budget: _Budget,
     ) -> Outcome:
         if isinstance(plan, rules.Skip):
             return Outcome(item, rules.status_header("skipped", plan.reason))
         if not isinstance(item, dict) or "hits" not in item:
             return Outcome(item, rules.status_header("skipped", "engine answered an error"))
-        outcome = await self._rerank(item, plan, texts)
+        left_ms = budget.left_ms()
+        if left_ms is not None and left_ms <= 0:
+            return Outcome(
+                rules.engine_order_response(item, plan),
+                rules.status_header("skipped", budget.spent_reason()),
+            )
+        outcome = await self._rerank(item, plan, texts, deadline_ms=left_ms)
         if outcome.status == "ok" or outcome.status.startswith("partial"):
             return dataclasses.replace(
                 outcome, response=rules.add_took(outcome.response, outcome.rerank_ms)
@@ -476,3 +524,46 @@ def _plan_safely(
     except Exception as exc:  # noqa: BLE001 - never turn an odd body into our own error
         logger.warning("could not plan a search, passing it through: %s", type(exc).__name__)
         return rules.Skip(f"could not read the search body ({type(exc).__name__})")
+
+
+def _cap_reranked(plans: list[rules.SearchPlan | rules.Skip], cap: int) -> None:
+    """Keep the first ``cap`` rerankable searches of an ``_msearch``; skip the rest in place.
+
+    Each reranked search costs a window of model work; without a cap one
+    ``_msearch`` of hundreds of searches would hold the model for minutes. The
+    skipped ones go up as the client wrote them (no widened window) and come
+    back in engine order.
+    """
+    seen = 0
+    for i, plan in enumerate(plans):
+        if isinstance(plan, rules.SearchPlan):
+            seen += 1
+            if seen > cap:
+                plans[i] = rules.Skip(f"msearch rerank cap of {cap} searches reached")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Budget:
+    """One request's reranking deadline, shared by all the searches of an ``_msearch``.
+
+    The clock starts when the engine answered (as ``deadline_ms`` does for a
+    single search). Every search is scored with what is left of it, so the
+    searches split the one budget between them through the engine's fair
+    batch shares, and the whole ``_msearch`` answers within ``deadline_ms``.
+    """
+
+    started: float  # time.perf_counter()
+    deadline_ms: float | None
+
+    @classmethod
+    def start(cls, deadline_ms: float | None) -> _Budget:
+        return cls(time.perf_counter(), deadline_ms)
+
+    def left_ms(self) -> float | None:
+        """Milliseconds left (``None``: no deadline); zero or less once spent."""
+        if self.deadline_ms is None:
+            return None
+        return self.deadline_ms - (time.perf_counter() - self.started) * 1000
+
+    def spent_reason(self) -> str:
+        return f"msearch deadline of {self.deadline_ms:g} ms already spent before reranking"

@@ -168,6 +168,37 @@ class ProxySettings(FileBackedSettings):
         description="larger search bodies pass through unread (parsing and rewriting one costs "
         "about 10x its size in memory)",
     )
+    max_msearch_reranked: int = Field(
+        20,
+        ge=0,
+        description="most searches of one _msearch that are reranked; the rest are answered "
+        "in engine order (skipped)",
+    )
+
+    # -- the scoring engine (the service's settings of the same names) ----------
+    batching: bool = Field(True, description="mix pairs of concurrent searches in one forward pass")
+    max_batch_pairs: int = Field(64, ge=1, description="most (query, passage) pairs per batch")
+    max_batch_tokens: int = Field(
+        16_384, ge=64, description="estimated token budget of one batch (chars/4 per pair)"
+    )
+    max_wait_ms: float = Field(
+        5.0, ge=0, description="longest a batch waits to fill before it runs, in milliseconds"
+    )
+    max_queue_pairs: int = Field(
+        8_192, ge=1, description="queue bound in pairs; a search that does not fit is skipped"
+    )
+    max_queue_s: float | None = Field(
+        None,
+        gt=0,
+        description="most estimated seconds of queue wait plus scoring a search may be admitted "
+        "with (default: its deadline_ms alone decides); more is skipped at once",
+    )
+    breaker_failures: int = Field(
+        5, ge=1, description="consecutive scoring failures that open the circuit breaker"
+    )
+    breaker_reset_s: float = Field(
+        10.0, gt=0, description="seconds an open breaker skips scoring before one probe"
+    )
 
     # -- bounded input (docs/proxy.md#limits) ------------------------------------
     max_body_bytes: int = Field(
