@@ -2,11 +2,13 @@
 
 Starts a local OpenSearch node (512 MB heap, loopback, stopped at the end),
 indexes ``--docs`` random documents, and serves two proxies one after the other
-in this process (a uvicorn thread each, the same scorer): one with
-``batching=True``, one with ``batching=False``. For each, ``--concurrency``
-asyncio clients send ``_search`` requests (two corpus words plus a unique token,
-so every search is new; the score cache is off, so every pair reaches the model)
-for ``--duration`` seconds after a short warm-up. Each search reranks a window
+in this process at the same time (a uvicorn thread each, the same scorer): one
+with ``batching=True``, one with ``batching=False``. ``--concurrency`` asyncio
+clients send ``_search`` requests (two corpus words plus a unique token, so
+every search is new; the score cache is off, so every pair reaches the model)
+to one proxy at a time, for ``--duration`` seconds per mode after a short
+warm-up, in ``--rounds`` slices that alternate the modes (on/off, off/on, ...)
+so that the shared machine's drifting load hits both alike. Each search reranks a window
 of ``--window`` hits and answers a page of 10.
 
 Printed per mode: searches per second, p50/p95/p99 client wall latency, how
@@ -18,7 +20,7 @@ measured rather than answered in engine order.
 The model is the tiny seeded test cross-encoder (``--shape tiny``, default),
 a MiniLM-L6-shaped random one (``--shape minilm``: the cost of a real small
 reranker), or ``--model DIR``. The run is bounded: 2 modes x (2 s warm-up +
-``--duration``), plus the node's start. Last line:
+``--duration``), plus the node's start and the last searches' completion. Last line:
 ``RESULT proxy_batching_speedup=<on/off throughput> mean_batch=<searches per batch, on>``.
 
     .venv/bin/python benchmarks/proxy_load.py --concurrency 16 --window 20 --duration 15
@@ -127,51 +129,60 @@ def metric(proxy: RerankProxy, name: str) -> float:
     return 0.0 if value is None else value
 
 
-async def drive(url: str, proxy: RerankProxy, run: Run, concurrency: int, duration: float) -> None:
-    warm = Run("warm-up")
-    stop_at = time.monotonic() + WARM_UP_S
-    await asyncio.gather(*(client_loop(url, warm, stop_at, -i - 1) for i in range(concurrency)))
-    before = {
-        name: metric(proxy, name)
-        for name in ("secondpass_batch_pairs_count", "secondpass_batch_pairs_sum",
-                     "secondpass_batch_requests_sum")
-    }  # fmt: skip
+async def drive(url: str, proxy: RerankProxy, run: Run, concurrency: int, seconds: float) -> None:
+    """One measured slice: ``concurrency`` clients for ``seconds``, added to ``run``."""
+    names = ("secondpass_batch_pairs_count", "secondpass_batch_pairs_sum",
+             "secondpass_batch_requests_sum")  # fmt: skip
+    before = {name: metric(proxy, name) for name in names}
     started = time.monotonic()
-    stop_at = started + duration
-    await asyncio.gather(*(client_loop(url, run, stop_at, i + 1) for i in range(concurrency)))
-    run.elapsed_s = time.monotonic() - started
-    run.batches = (
-        metric(proxy, "secondpass_batch_pairs_count") - before["secondpass_batch_pairs_count"]
+    stop_at = started + seconds
+    seed = len(run.statuses) * 1000 + len(run.latencies_s)
+    await asyncio.gather(*(client_loop(url, run, stop_at, seed + i) for i in range(concurrency)))
+    run.elapsed_s += time.monotonic() - started
+    moved = {name: metric(proxy, name) - before[name] for name in names}
+    run.batches += moved["secondpass_batch_pairs_count"]
+    run.batch_pairs += moved["secondpass_batch_pairs_sum"]
+    run.batch_searches += moved["secondpass_batch_requests_sum"]
+
+
+def proxy_for(
+    upstream: str, scorer: Scorer, args: argparse.Namespace, *, batching: bool
+) -> RerankProxy:
+    settings = ProxySettings(
+        upstream=upstream,
+        listen="127.0.0.1:0",
+        window=args.window,
+        deadline_ms=None,  # measure every rerank; never the engine-order fallback
+        batching=batching,
+        indices={INDEX: {"fields": ["title", "text"]}},
+        log_level="warning",
     )
-    run.batch_pairs = (
-        metric(proxy, "secondpass_batch_pairs_sum") - before["secondpass_batch_pairs_sum"]
-    )
-    run.batch_searches = (
-        metric(proxy, "secondpass_batch_requests_sum") - before["secondpass_batch_requests_sum"]
-    )
+    return RerankProxy(settings, scorer=scorer)
 
 
 def measure(upstream: str, scorer: Scorer, args: argparse.Namespace) -> list[Run]:
-    runs = []
-    for label, batching in (("batching on", True), ("batching off", False)):
-        settings = ProxySettings(
-            upstream=upstream,
-            listen="127.0.0.1:0",
-            window=args.window,
-            deadline_ms=None,  # measure every rerank; never the engine-order fallback
-            batching=batching,
-            indices={INDEX: {"fields": ["title", "text"]}},
-            log_level="warning",
-        )
-        proxy = RerankProxy(settings, scorer=scorer)
-        run = Run(label)
-        try:
-            with BackgroundProxy(proxy) as url:
-                asyncio.run(drive(url, proxy, run, args.concurrency, args.duration))
-        finally:
-            proxy.close()
-        runs.append(run)
-    return runs
+    """Both proxies serve at once; the modes alternate in ``--rounds`` slices.
+
+    The machine's load drifts (other work, the engine's JIT and caches), so
+    each mode gets the same share of every stretch of time: on/off, off/on, ...
+    """
+    on = proxy_for(upstream, scorer, args, batching=True)
+    off = proxy_for(upstream, scorer, args, batching=False)
+    runs = {True: Run("batching on"), False: Run("batching off")}
+    try:
+        with BackgroundProxy(on) as on_url, BackgroundProxy(off) as off_url:
+            targets = {True: (on_url, on), False: (off_url, off)}
+            for url, proxy in targets.values():
+                asyncio.run(drive(url, proxy, Run("warm-up"), args.concurrency, WARM_UP_S))
+            slice_s = args.duration / args.rounds
+            for i in range(args.rounds):
+                for batching in (True, False) if i % 2 == 0 else (False, True):
+                    url, proxy = targets[batching]
+                    asyncio.run(drive(url, proxy, runs[batching], args.concurrency, slice_s))
+    finally:
+        on.close()
+        off.close()
+    return [runs[True], runs[False]]
 
 
 def report(runs: list[Run], args: argparse.Namespace, description: str) -> None:
@@ -203,6 +214,9 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients")
     parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per mode")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="slices per mode, the modes alternating"
+    )
     parser.add_argument("--window", type=int, default=20, help="hits reranked per search")
     parser.add_argument("--docs", type=int, default=500, help="documents indexed")
     parser.add_argument("--words", type=int, default=40, help="words per document")

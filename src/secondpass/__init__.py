@@ -31,6 +31,7 @@ from secondpass.errors import (
     RerankError,
     ScoringDeadlineError,
     ScoringUnavailableError,
+    SearchDeadlineError,
     SecondPassError,
     ServerStartError,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "ScoringDeadlineError",
     "ScoringEngine",
     "ScoringUnavailableError",
+    "SearchDeadlineError",
     "SearchRequest",
     "SearchResult",
     "SecondPassError",

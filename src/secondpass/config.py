@@ -8,10 +8,10 @@ library user passes plain keyword arguments. Secrets are ``SecretStr`` so that
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -188,3 +188,64 @@ class CacheSettings(BaseSettings):
     key_prefix: str = "secondpass:score:"
     cooldown_s: float = Field(default=1.0, ge=0)
     warn_interval_s: float = Field(default=30.0, ge=0)
+
+
+class ScoringEngineSettings(BaseModel):
+    """The scoring engine's batching, admission and breaker knobs, as flat fields.
+
+    Why a mixin: ``secondpass serve`` and ``secondpass proxy`` run the same
+    :class:`~secondpass.pipeline.engine.ScoringEngine`, so its settings must have
+    the same names, defaults, bounds and meaning in both; each front-end's
+    settings class inherits them (``SECONDPASS_SERVICE_MAX_WAIT_MS``,
+    ``SECONDPASS_PROXY_MAX_WAIT_MS``, ``--max-wait-ms``). What a refused request
+    gets is the front-end's: the service answers 429, the proxy answers the search
+    in engine order (skipped).
+
+    Example:
+        >>> ScoringEngineSettings(max_wait_ms=2).batching_options()["max_wait_ms"]
+        2.0
+    """
+
+    batching: bool = Field(
+        default=True, description="mix pairs of concurrent requests in one forward pass"
+    )
+    max_batch_pairs: int = Field(
+        default=64, ge=1, description="most (query, passage) pairs per batch"
+    )
+    max_batch_tokens: int = Field(
+        default=16_384, ge=64, description="estimated token budget of one batch (chars/4 per pair)"
+    )
+    max_wait_ms: float = Field(
+        default=5.0,
+        ge=0,
+        description="longest a batch waits to fill before it runs, in milliseconds",
+    )
+    max_queue_pairs: int = Field(
+        default=8_192,
+        ge=1,
+        description="queue bound in pairs; a request that does not fit is refused "
+        "(service: 429; proxy: the search is skipped)",
+    )
+    max_queue_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="most estimated seconds of queue wait plus scoring a request may be "
+        "admitted with; more is refused at once (default: the service allows a third of "
+        "request_timeout_ms, the proxy lets each search's deadline_ms alone decide)",
+    )
+    breaker_failures: int = Field(
+        default=5, ge=1, description="consecutive scoring failures that open the circuit breaker"
+    )
+    breaker_reset_s: float = Field(
+        default=10.0, gt=0, description="seconds an open breaker skips scoring before one probe"
+    )
+
+    def batching_options(self) -> dict[str, Any]:
+        """The batching keyword arguments of ``ScoringEngine``, under their own names."""
+        return {
+            "batching": self.batching,
+            "max_batch_pairs": self.max_batch_pairs,
+            "max_batch_tokens": self.max_batch_tokens,
+            "max_wait_ms": self.max_wait_ms,
+            "max_queue_pairs": self.max_queue_pairs,
+        }

@@ -182,7 +182,7 @@ def proxy(engine: EngineHandle, index: str, tiny_scorer: Any) -> Iterator[tuple[
     app = RerankProxy(settings, scorer=tiny_scorer)
     with BackgroundProxy(app) as proxy_url:
         yield proxy_url, app
-    app.retriever.close()
+    app.close()
 
 
 @pytest.fixture
@@ -449,7 +449,7 @@ def test_a_failing_scorer_answers_in_engine_order(engine: EngineHandle, index: s
     with BackgroundProxy(app) as proxy_url, httpx.Client(timeout=30) as http:
         via = http.post(f"{proxy_url}/{index}/_search", json=search)
         direct = http.post(f"{url}/{index}/_search", json=search).json()
-    app.retriever.close()
+    app.close()
     assert via.status_code == 200
     assert via.headers["x-secondpass-rerank"].startswith("failed; reason=scoring failed")
     assert strip_took(via.json()) == strip_took(direct)
@@ -588,7 +588,7 @@ def cached_proxy(
     app = RerankProxy(settings, scorer=tiny_scorer, cache=LRUScoreCache())
     with BackgroundProxy(app) as proxy_url:
         yield proxy_url, app
-    app.retriever.close()
+    app.close()
 
 
 def test_own_endpoints_report_real_searches(
@@ -623,3 +623,31 @@ def test_own_endpoints_report_real_searches(
     # The first search scores its window; the second and the msearch find it cached.
     assert moved("secondpass_cache_misses_total") == WINDOW
     assert moved("secondpass_cache_hits_total") == 2 * WINDOW
+    # Only the misses reached the shared engine's batches.
+    assert moved("secondpass_batch_pairs_sum") == WINDOW
+    assert moved("secondpass_batch_requests_sum") == 1
+    assert moved("secondpass_stage_duration_seconds_count", stage="queue_wait") == 1
+
+
+def test_msearch_reranks_up_to_the_cap_and_answers_the_rest_as_the_engine_did(
+    engine: EngineHandle, index: str, tiny_scorer: Any
+) -> None:
+    _, url = engine
+    settings = ProxySettings(upstream=url, listen="127.0.0.1:0", window=WINDOW,
+                             deadline_ms=60_000, indices={index: {"fields": FIELDS}},
+                             max_msearch_reranked=1)  # fmt: skip
+    app = RerankProxy(settings, scorer=tiny_scorer)
+    lines = [{"index": index}, {"query": MATCH, "size": 3}] * 3
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    headers = {"content-type": "application/x-ndjson"}
+    try:
+        with BackgroundProxy(app) as proxy_url, httpx.Client(timeout=60) as http:
+            got = http.post(f"{proxy_url}/_msearch", content=data, headers=headers)
+            plain = http.post(f"{url}/_msearch", content=data, headers=headers).json()
+    finally:
+        app.close()
+    capped = "skipped; reason=msearch rerank cap of 1 searches reached"
+    assert got.headers["x-secondpass-rerank"] == f"ok, {capped}, {capped}"
+    responses = got.json()["responses"]
+    assert responses[0]["hits"]["hits"][0]["fields"]  # reranked: first-stage rank annotated
+    assert [strip_took(r) for r in responses[1:]] == [strip_took(r) for r in plain["responses"][1:]]

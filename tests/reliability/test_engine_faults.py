@@ -300,8 +300,8 @@ def test_slow_upstream_is_abandoned_at_the_deadline(healthy: LocalEngine, index:
     figures.add(scenario, "async call latency (deadline 1 s)", async_elapsed, "s")
 
 
-def _open_connections(port: int) -> int:
-    """ESTABLISHED TCP connections this process holds to ``port`` (read from Linux ``/proc``)."""
+def _open_connections(port: int) -> set[int]:
+    """Local ports of the ESTABLISHED TCP connections this process holds to ``port`` (Linux ``/proc``)."""
     inodes = set()
     for fd in os.listdir("/proc/self/fd"):
         try:
@@ -310,15 +310,15 @@ def _open_connections(port: int) -> int:
             continue  # closed while we looked
         if target.startswith("socket:["):
             inodes.add(target[len("socket:[") : -1])
-    count = 0
+    local_ports = set()
     for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as lines:
             for line in list(lines)[1:]:
                 parts = line.split()
                 remote_port = int(parts[2].rsplit(":", 1)[1], 16)
                 if parts[3] == "01" and remote_port == port and parts[9] in inodes:
-                    count += 1
-    return count
+                    local_ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+    return local_ports
 
 
 async def _until(condition: Callable[[], bool], *, within_s: float) -> float:
@@ -358,14 +358,15 @@ def test_request_deadline_bounds_the_first_stage_on_a_paused_node(
                 with pytest.raises(SearchDeadlineError, match="timed out"):
                     await aretriever.asearch("dog", k=3, deadline_ms=deadline_ms)
                 elapsed.append(time.monotonic() - started)
-            baseline = _open_connections(node.port)
+            before = _open_connections(node.port)
             # A caller with all the time in the world, who leaves: its request must not linger.
             task = asyncio.create_task(aretriever.asearch("owl", k=3, deadline_ms=60_000))
-            await _until(lambda: _open_connections(node.port) > baseline, within_s=5.0)
+            await _until(lambda: bool(_open_connections(node.port) - before), within_s=5.0)
+            (ours,) = _open_connections(node.port) - before
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            closed_s = await _until(lambda: _open_connections(node.port) <= baseline, within_s=2.0)
+            closed_s = await _until(lambda: ours not in _open_connections(node.port), within_s=2.0)
             return elapsed, closed_s
         finally:
             aretriever.close()

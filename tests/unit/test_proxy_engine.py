@@ -164,6 +164,46 @@ async def test_concurrent_searches_share_forward_batches() -> None:
     assert sample(proxy, "secondpass_batch_requests_count") < 4
 
 
+async def test_a_client_that_leaves_takes_its_queued_pairs_with_it() -> None:
+    scorer = GatedScorer()
+    proxy = make_proxy(Upstream(), scorer, deadline_ms=None)
+    body = json.dumps({"query": {"match": {"body": "dogs"}}}).encode()
+    scope = {
+        "type": "http", "method": "POST", "path": "/docs/_search",
+        "raw_path": b"/docs/_search", "query_string": b"",
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())],
+    }  # fmt: skip
+    left = asyncio.Event()
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if delivered:
+            await left.wait()
+            return {"type": "http.disconnect"}
+        delivered = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    async with client_for(proxy) as client:
+        first = asyncio.create_task(client.post("/docs/_search", json=MATCH))
+        await wait_for(scorer.entered.is_set)  # the first search holds the model
+        second = asyncio.create_task(proxy(scope, receive, send))
+        await wait_for(lambda: proxy.retriever.engine.queued_pairs == 10)
+        left.set()  # the second client goes away while its pairs wait
+        await wait_for(lambda: proxy.retriever.engine.queued_pairs == 0)
+        scorer.release.set()
+        answer = await first
+        await asyncio.wait_for(second, 10)
+    assert answer.headers["x-secondpass-rerank"] == "ok"
+    assert scorer.batches == [10]  # the departed client's 10 pairs were never scored
+    assert all("dogs" not in query for query, _ in scorer.calls)
+    proxy.close()
+
+
 async def test_batching_settings_reach_the_engine() -> None:
     proxy = make_proxy(Upstream(), max_batch_pairs=4)
     async with client_for(proxy) as client:

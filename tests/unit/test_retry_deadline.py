@@ -10,11 +10,12 @@ server-side ``timeout``.
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import pytest
 
-from secondpass.connectors._retry import RetryPolicy
+from secondpass.connectors._retry import MIN_ATTEMPT_S, RetryPolicy
 from secondpass.errors import BackendUnavailableError, SearchDeadlineError
 
 
@@ -84,24 +85,58 @@ def test_the_callers_deadline_caps_the_attempt_timeout_and_ends_the_call() -> No
     assert "timed out" in str(info.value)
 
 
-def test_retries_neither_sleep_nor_start_past_the_callers_deadline() -> None:
-    clock = FakeClock()
-    quick_failures = 0
+class FailingFast:
+    """An attempt that fails at once (e.g. connection refused) after ``cost`` seconds."""
 
-    def fails_fast(timeout_s: float) -> None:
-        nonlocal quick_failures
-        quick_failures += 1
-        assert clock.now < deadline, "an attempt started at or after the deadline"
-        assert clock.now + timeout_s <= deadline + 1e-9, "an attempt may outlive the deadline"
-        clock.now += 0.05  # e.g. connection refused: fails at once
+    def __init__(self, clock: FakeClock, cost: float) -> None:
+        self.clock = clock
+        self.cost = cost
+        self.attempts: list[tuple[float, float]] = []  # (start, timeout)
+
+    def __call__(self, timeout_s: float) -> None:
+        self.attempts.append((self.clock.now, timeout_s))
+        self.clock.now += min(self.cost, timeout_s)
         raise BackendUnavailableError("engine search: connection refused")
 
-    deadline = clock.now + 3.0
+
+def test_retries_neither_sleep_nor_start_past_the_callers_deadline() -> None:
+    # Backoff is random: many seeded runs reach the deadline at many different points.
+    rng = random.Random(13)
+    retried = 0
+    for _ in range(300):
+        clock = FakeClock()
+        deadline = clock.now + rng.uniform(0.05, 3.0)
+        attempt = FailingFast(clock, rng.uniform(0.0001, 0.1))
+        random.seed(rng.random())  # tenacity's jitter draws from the global generator
+        with pytest.raises(SearchDeadlineError):
+            _policy(clock).call(attempt, what="search", translate=_never, deadline=deadline)
+        assert all(start + timeout <= deadline for start, timeout in attempt.attempts)
+        assert all(start + pause < deadline for start, pause in clock.sleeps)
+        assert clock.now <= deadline
+        retried += len(attempt.attempts) > 1
+    assert retried > 250  # it does retry while time is left
+
+
+def test_no_retry_starts_when_a_sleep_would_leave_less_than_the_shortest_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Make the jitter its maximum, so the first pause is exactly initial_backoff_s (0.2 s).
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    clock = FakeClock()
+    attempt = FailingFast(clock, 0.1)
+    # After the 0.1 s attempt and the 0.2 s pause, 0.5 ms would be left: less than any attempt.
+    deadline = clock.now + 0.1 + 0.2 + MIN_ATTEMPT_S / 2
     with pytest.raises(SearchDeadlineError):
-        _policy(clock).call(fails_fast, what="search", translate=_never, deadline=deadline)
-    assert quick_failures > 1  # it did retry while time was left
-    assert all(start + pause < deadline for start, pause in clock.sleeps)
-    assert clock.now <= deadline
+        _policy(clock).call(attempt, what="search", translate=_never, deadline=deadline)
+    assert len(attempt.attempts) == 1 and clock.sleeps == []
+    # With a little more time left the retry does happen, and still ends by the deadline.
+    clock = FakeClock()
+    attempt = FailingFast(clock, 0.1)
+    deadline = clock.now + 0.1 + 0.2 + 0.05
+    with pytest.raises(SearchDeadlineError):
+        _policy(clock).call(attempt, what="search", translate=_never, deadline=deadline)
+    assert len(attempt.attempts) == 2 and clock.sleeps == [(1000.1, 0.2)]
+    assert attempt.attempts[1][1] == pytest.approx(0.05)
 
 
 def test_an_expired_deadline_makes_no_attempt() -> None:
@@ -174,3 +209,13 @@ async def test_cancelling_the_caller_cancels_the_attempt_and_retries_nothing() -
     with pytest.raises(asyncio.CancelledError):
         await task
     assert cancelled.is_set() and attempts == 1
+
+
+def test_the_service_answers_a_first_stage_timeout_as_engine_unavailable() -> None:
+    # The HTTP service maps errors by type: a first stage that ran out of the
+    # caller's time is a 503 with Retry-After, never a 500.
+    from secondpass.service.errors import status_for
+
+    error = SearchDeadlineError("opensearch search: no answer within the caller's deadline")
+    assert status_for(error) == (503, "engine_unavailable")
+    assert error.retry_after_s == 1.0

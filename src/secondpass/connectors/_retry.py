@@ -46,6 +46,9 @@ logger = logging.getLogger("secondpass.connectors")
 
 T = TypeVar("T")
 
+MIN_ATTEMPT_S = 0.001
+"""The shortest attempt timeout (clients refuse 0); no attempt starts with less time left."""
+
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 """HTTP statuses that mean "try again later" rather than "your request is wrong"."""
 
@@ -190,7 +193,7 @@ class RetryPolicy:
         def stop(state: RetryCallState) -> bool:
             if state.attempt_number >= self.max_attempts:
                 return True
-            return self.clock() + state.upcoming_sleep >= budget.ends
+            return self.clock() + state.upcoming_sleep + MIN_ATTEMPT_S > budget.ends
 
         return stop
 
@@ -212,15 +215,15 @@ class RetryPolicy:
         """Seconds the next attempt may take: the request timeout, capped by the deadline.
 
         ``started`` is when the call began on ``clock``; ``deadline`` is the
-        caller's absolute deadline, if any. Never below 1 ms (a client refuses 0).
+        caller's absolute deadline, if any. Never below :data:`MIN_ATTEMPT_S`.
         """
         ends = started + self.deadline_s
         if deadline is not None:
             ends = min(ends, deadline)
-        return max(0.001, min(self.request_timeout_s, ends - self.clock()))
+        return max(MIN_ATTEMPT_S, min(self.request_timeout_s, ends - self.clock()))
 
     def _out_of_time(self, budget: _Budget, what: str) -> SearchDeadlineError | None:
-        if budget.caller_bound and self.clock() >= budget.ends:
+        if budget.caller_bound and self.clock() + MIN_ATTEMPT_S > budget.ends:
             return SearchDeadlineError(f"{what}: the caller's deadline had passed before the call")
         return None
 

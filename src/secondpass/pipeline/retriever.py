@@ -129,9 +129,12 @@ class Retriever:
     records each scoring failure or deadline overrun and each success; while it
     is open, reranking is skipped without calling the scorer.
 
-    ``deadline_ms`` is a hard limit counted from the start of the call: reranking
-    gets what the first stage left of it (the first stage itself is bounded by the
-    connector's own timeouts), and past it the answer is the first-stage order
+    ``deadline_ms`` is a hard limit counted from the start of the call, first
+    stage included: the first stage gets it as an absolute deadline for its
+    engine calls and raises :class:`~secondpass.errors.SearchDeadlineError` (a
+    ``BackendUnavailableError``; there are no hits to fall back on) when the
+    engine does not answer by then. Reranking gets what the first stage left of
+    it, and past it the answer is the first-stage order
     (``mode="best_effort"``) or :class:`RerankError` (``mode="required"``).
     ``latency_budget_ms`` is a soft target: the engine measures scoring
     throughput and the retriever reranks only as many of the window's hits as fit

@@ -95,7 +95,7 @@ class RerankProxy:
             if scorer is None:
                 msg = "RerankProxy needs a retriever or a scorer"
                 raise TypeError(msg)
-            retriever = build_retriever(settings, scorer, cache, observer=self.metrics.engine)
+            retriever = build_retriever(settings, scorer, cache, observer=self.metrics.scoring)
             self._owned_engine = retriever.engine
         self.settings = settings
         self.retriever = retriever

@@ -3,11 +3,11 @@
 Why its own registry: tests and benchmarks run several proxies in one process,
 and prometheus-client's global registry refuses a second copy of a series.
 Series names follow :mod:`secondpass.service.metrics` where they mean the same
-thing (``secondpass_cache_hits``, ``secondpass_cache_misses``, the batch and
-queue series of the shared :class:`~secondpass.pipeline.engine.ScoringEngine`,
-the latency buckets), and are ``secondpass_proxy_*`` where they are the proxy's
-own. The
-reason label is the text after ``reason=`` in ``X-SecondPass-Rerank`` with its
+thing (``secondpass_cache_hits``, ``secondpass_cache_misses``, the latency
+buckets; the batch and queue series of the shared
+:class:`~secondpass.pipeline.engine.ScoringEngine` are one class,
+:class:`secondpass.scoring_metrics.EngineSeries`, used by both), and are
+``secondpass_proxy_*`` where they are the proxy's own. The reason label is the text after ``reason=`` in ``X-SecondPass-Rerank`` with its
 figures replaced by ``N`` (the engine's status code excepted); the number of
 distinct reasons is capped so a stream of odd requests cannot grow the series
 without bound.
@@ -20,12 +20,8 @@ import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from secondpass.pipeline.batcher import BatchReport
+from secondpass.scoring_metrics import LATENCY_BUCKETS, PAIR_BUCKETS, EngineSeries
 
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-_PAIR_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-_TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
-_REQUEST_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
 _MAX_REASONS = 64
 """Distinct ``reason`` label values kept; later new reasons are counted as ``other``."""
 _MAX_REASON_CHARS = 80
@@ -40,7 +36,8 @@ class ProxyMetrics:
     Hits reranked and cache use are read from each search's
     :class:`~secondpass.types.SearchResult`; batches, queue depth, queue wait,
     refusals and model failures come from the scoring engine through
-    :class:`EngineSeries`, the engine's observer.
+    :class:`~secondpass.scoring_metrics.EngineSeries`, the engine's observer
+    (shared with the service).
 
     Example:
         >>> m = ProxyMetrics()
@@ -66,7 +63,7 @@ class ProxyMetrics:
             "Time from sending a request upstream to the engine's response headers, "
             "by kind (search, msearch, other).",
             ["kind"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.upstream_errors = Counter(
@@ -78,13 +75,13 @@ class ProxyMetrics:
         self.rerank_latency = Histogram(
             "secondpass_proxy_rerank_duration_seconds",
             "Time to rerank one search's window once the engine answered (cache, queue, model).",
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.reranked_hits = Histogram(
             "secondpass_proxy_reranked_hits",
             "Hits reranked per search (the window the engine returned).",
-            buckets=_PAIR_BUCKETS,
+            buckets=PAIR_BUCKETS,
             registry=r,
         )
         self.cache_hits = Counter(
@@ -96,7 +93,7 @@ class ProxyMetrics:
         self.ready = Gauge(
             "secondpass_ready", "1 when /_secondpass/readyz last answered 200, else 0.", registry=r
         )
-        self.engine = EngineSeries(r)
+        self.scoring = EngineSeries(r)  # the scoring engine's observer
         self._reasons: set[str] = set()
         self._lock = threading.Lock()
 
@@ -135,81 +132,3 @@ class ProxyMetrics:
             self.reranked_hits.observe(hits)
         self.cache_hits.inc(cache_hits)
         self.cache_misses.inc(cache_misses)
-
-
-class EngineSeries:
-    """The scoring engine's batch and queue series; the engine's ``BatchObserver``.
-
-    The batcher lives in ``pipeline/`` and reports through its observer
-    protocol only; these series carry the service's names (``secondpass_batch_*``,
-    ``secondpass_queue_depth_*``, ``secondpass_rejected_requests``,
-    ``secondpass_model_failures``, ``secondpass_stage_duration_seconds``), so one
-    dashboard reads both. Every method is cheap and never raises, as the
-    protocol asks.
-    """
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        r = registry
-        self.batch_pairs = Histogram(
-            "secondpass_batch_pairs", "Pairs scored per forward batch.",
-            buckets=_PAIR_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.batch_requests = Histogram(
-            "secondpass_batch_requests",
-            "Searches served by one forward batch (>1 means batching mixed them).",
-            buckets=_REQUEST_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.batch_tokens = Histogram(
-            "secondpass_batch_tokens", "Passage tokens the model saw per batch.",
-            buckets=_TOKEN_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.queue_pairs = Gauge(
-            "secondpass_queue_depth_pairs", "Pairs waiting in the batching queue.", registry=r
-        )
-        self.queue_requests = Gauge(
-            "secondpass_queue_depth_requests",
-            "Searches with pairs waiting in the batching queue.",
-            registry=r,
-        )
-        self.stage = Histogram(
-            "secondpass_stage_duration_seconds",
-            "Time per scoring stage: queue_wait (admitted to batch start), batch (one whole "
-            "forward call), tokenize and model (as the scorer reports them).",
-            ["stage"], buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.refusals = Counter(
-            "secondpass_rejected_requests",
-            "Searches the engine refused or dropped before scoring, by reason "
-            "(queue_full, over_time, deadline); they are answered in engine order.",
-            ["reason"], registry=r,
-        )  # fmt: skip
-        self.model_failures = Counter(
-            "secondpass_model_failures", "Forward batches that raised.", registry=r
-        )
-
-    def rejected(self, reason: str) -> None:
-        """Count one search refused or dropped before scoring, under ``reason``."""
-        self.refusals.labels(reason).inc()
-
-    def queue_depth(self, pairs: int, requests: int) -> None:
-        """Set the queue depth, in pairs and in searches."""
-        self.queue_pairs.set(pairs)
-        self.queue_requests.set(requests)
-
-    def queue_wait(self, seconds: float) -> None:
-        """Observe how long a search's pairs waited for their first batch."""
-        self.stage.labels("queue_wait").observe(seconds)
-
-    def batch_done(self, report: BatchReport) -> None:
-        """Observe one successful forward batch."""
-        self.batch_pairs.observe(report.pairs)
-        self.batch_requests.observe(report.requests)
-        self.batch_tokens.observe(report.tokens)
-        for stage, seconds in (
-            ("batch", report.seconds), ("tokenize", report.tokenize_s), ("model", report.model_s),
-        ):  # fmt: skip
-            self.stage.labels(stage).observe(seconds)
-
-    def model_failed(self) -> None:
-        """Count a forward batch that raised."""
-        self.model_failures.inc()

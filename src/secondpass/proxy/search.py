@@ -91,13 +91,9 @@ def build_retriever(
         breaker=CircuitBreaker(
             failure_threshold=settings.breaker_failures, reset_after_s=settings.breaker_reset_s
         ),
-        batching=settings.batching,
-        max_batch_pairs=settings.max_batch_pairs,
-        max_batch_tokens=settings.max_batch_tokens,
-        max_wait_ms=settings.max_wait_ms,
-        max_queue_pairs=settings.max_queue_pairs,
-        max_queue_s=settings.max_queue_s,
         observer=observer,
+        **settings.batching_options(),
+        max_queue_s=settings.max_queue_s,
     )
     return Retriever(
         engine=engine,

@@ -30,15 +30,15 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import string
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from secondpass.config import CacheSettings, RerankSettings
+from secondpass.config import CacheSettings, RerankSettings, ScoringEngineSettings
 from secondpass.errors import ConfigurationError
+from secondpass.pipeline.passages import check_template
 from secondpass.proxy.access import (
     DEFAULT_ALLOWED_REQUESTS,
     AccessGate,
@@ -53,22 +53,6 @@ if TYPE_CHECKING:
     from secondpass.service.http_limits import HttpLimits
 
 CONFIG_FILE_ENV = "SECONDPASS_PROXY_CONFIG_FILE"
-
-
-def _check_template(value: str | None) -> str | None:
-    """Allow only plain field names, as the retriever does (no ``{a.__class__}``)."""
-    if value is None:
-        return value
-    try:
-        parsed = list(string.Formatter().parse(value))
-    except ValueError as exc:
-        msg = f"template is not a valid format string: {exc}"
-        raise ValueError(msg) from exc
-    for _, name, _, _ in parsed:
-        if name is not None and not name.isidentifier():
-            msg = f"template fields must be plain field names, got {{{name}}}"
-            raise ValueError(msg)
-    return value
 
 
 class IndexTextSettings(BaseModel):
@@ -87,10 +71,12 @@ class IndexTextSettings(BaseModel):
     @field_validator("template")
     @classmethod
     def _plain_names(cls, value: str | None) -> str | None:
-        return _check_template(value)
+        """Allow only plain field names, as every front-end does (no ``{a.__class__}``)."""
+        check_template(value)  # a ConfigurationError is a ValueError: pydantic reports it
+        return value
 
 
-class ProxySettings(FileBackedSettings):
+class ProxySettings(FileBackedSettings, ScoringEngineSettings):
     """Everything ``secondpass proxy`` needs (env prefix ``SECONDPASS_PROXY_``)."""
 
     config_file_env: ClassVar[str] = CONFIG_FILE_ENV
@@ -173,31 +159,6 @@ class ProxySettings(FileBackedSettings):
         ge=0,
         description="most searches of one _msearch that are reranked; the rest are answered "
         "in engine order (skipped)",
-    )
-
-    # -- the scoring engine (the service's settings of the same names) ----------
-    batching: bool = Field(True, description="mix pairs of concurrent searches in one forward pass")
-    max_batch_pairs: int = Field(64, ge=1, description="most (query, passage) pairs per batch")
-    max_batch_tokens: int = Field(
-        16_384, ge=64, description="estimated token budget of one batch (chars/4 per pair)"
-    )
-    max_wait_ms: float = Field(
-        5.0, ge=0, description="longest a batch waits to fill before it runs, in milliseconds"
-    )
-    max_queue_pairs: int = Field(
-        8_192, ge=1, description="queue bound in pairs; a search that does not fit is skipped"
-    )
-    max_queue_s: float | None = Field(
-        None,
-        gt=0,
-        description="most estimated seconds of queue wait plus scoring a search may be admitted "
-        "with (default: its deadline_ms alone decides); more is skipped at once",
-    )
-    breaker_failures: int = Field(
-        5, ge=1, description="consecutive scoring failures that open the circuit breaker"
-    )
-    breaker_reset_s: float = Field(
-        10.0, gt=0, description="seconds an open breaker skips scoring before one probe"
     )
 
     # -- bounded input (docs/proxy.md#limits) ------------------------------------
@@ -299,7 +260,8 @@ class ProxySettings(FileBackedSettings):
     @field_validator("default_template")
     @classmethod
     def _default_template(cls, value: str | None) -> str | None:
-        return _check_template(value)
+        check_template(value)
+        return value
 
     @property
     def host(self) -> str:

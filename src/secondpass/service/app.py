@@ -61,7 +61,7 @@ from secondpass.service.errors import (
     status_for,
 )
 from secondpass.service.http_limits import AnsweredConnectionGuard, brief_traceback
-from secondpass.service.metrics import BatchMetrics, ServiceMetrics
+from secondpass.service.metrics import ServiceMetrics
 from secondpass.service.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from secondpass.service.schemas import (
     CohereDocument,
@@ -162,15 +162,11 @@ class ServiceState:
                 breaker=CircuitBreaker(
                     failure_threshold=s.breaker_failures, reset_after_s=s.breaker_reset_s
                 ),
-                batching=s.batching,
-                max_batch_pairs=s.max_batch_pairs,
-                max_batch_tokens=s.max_batch_tokens,
-                max_wait_ms=s.max_wait_ms,
-                max_queue_pairs=s.max_queue_pairs,
+                **s.batching_options(),
                 max_queue_s=s.queue_time_limit_s,
                 retry_after_s=s.retry_after_s,
                 timeout_s=s.request_timeout_ms / 1000,
-                observer=BatchMetrics(self.metrics),
+                observer=self.metrics.scoring,
                 on_success=self._forward_ok,
                 on_failure=self._forward_failed,
             )
@@ -588,16 +584,12 @@ def create_app(
     )
     async def cohere_rerank(body: CohereRerankRequest) -> Any:
         """Rerank documents for a query (Cohere v1 wire format)."""
-        limits.query(body.query)
-        limits.count("documents", len(body.documents))
-        limits.top_n(body.top_n)
+        limits.cohere(body)
         texts = [
             limits.text(f"documents[{i}]", _compose(doc, i, body.rank_fields))
             for i, doc in enumerate(body.documents)
         ]
-        scored = await state.rerank(body.query, texts)
-        values = [_finite(s.normalized) for s in scored.scores]
-        top = _order(values)[: body.top_n]
+        scored, values, top = await _cohere_ranked(state, body.query, texts, body.top_n)
         results = []
         for i in top:
             document = None
@@ -607,11 +599,7 @@ def create_app(
                     CohereDocument(text=doc) if isinstance(doc, str) else CohereDocument(**doc)
                 )
             results.append(CohereResult(index=i, relevance_score=values[i], document=document))
-        return CohereRerankResponse(
-            id=str(uuid.uuid4()),
-            results=results,
-            meta=_meta("1", len(texts), scored.cache_hits, state),
-        )
+        return _cohere_response("1", results, scored, state)
 
     @app.post(
         "/v2/rerank",
@@ -622,20 +610,11 @@ def create_app(
     )
     async def cohere_rerank_v2(body: CohereV2RerankRequest) -> Any:
         """Rerank documents for a query (Cohere v2 wire format: strings, no document echo)."""
-        limits.query(body.query)
-        limits.count("documents", len(body.documents))
-        limits.top_n(body.top_n)
+        limits.cohere(body)
         texts = [limits.text(f"documents[{i}]", d) for i, d in enumerate(body.documents)]
-        scored = await state.rerank(body.query, texts)
-        values = [_finite(s.normalized) for s in scored.scores]
-        results = [
-            CohereResult(index=i, relevance_score=values[i]) for i in _order(values)[: body.top_n]
-        ]
-        return CohereRerankResponse(
-            id=str(uuid.uuid4()),
-            results=results,
-            meta=_meta("2", len(texts), scored.cache_hits, state),
-        )
+        scored, values, top = await _cohere_ranked(state, body.query, texts, body.top_n)
+        results = [CohereResult(index=i, relevance_score=values[i]) for i in top]
+        return _cohere_response("2", results, scored, state)
 
     @app.post(
         "/rerank",
@@ -817,6 +796,12 @@ class _Limits:
             msg = f"{field}: at most {self.s.max_top_n}, got {value}"
             raise LimitExceededError(msg, field=field, limit=self.s.max_top_n)
 
+    def cohere(self, body: CohereRerankRequest | CohereV2RerankRequest) -> None:
+        """The checks both Cohere routes make before composing their texts."""
+        self.query(body.query)
+        self.count("documents", len(body.documents))
+        self.top_n(body.top_n)
+
     def annotate(self, schema: dict[str, Any]) -> None:
         """Write the limits into the component schemas, so clients and fuzzers see them."""
         comps = schema.get("components", {}).get("schemas", {})
@@ -870,12 +855,28 @@ def _compose(doc: str | dict[str, Any], i: int, rank_fields: list[str] | None) -
     return "\n".join(parts)
 
 
-def _meta(version: str, documents: int, hits: int, state: ServiceState) -> CohereMeta:
-    return CohereMeta(
-        api_version={"version": version},
-        billed_units={"search_units": 1 if documents else 0},
-        model=state.settings.public_model_name,
-        cache_hits=hits,
+async def _cohere_ranked(
+    state: ServiceState, query: str, texts: list[str], top_n: int | None
+) -> tuple[EngineResult, list[float], list[int]]:
+    """Score the Cohere routes' texts: the result, finite normalised scores, the best ``top_n``."""
+    scored = await state.rerank(query, texts)
+    values = [_finite(s.normalized) for s in scored.scores]
+    return scored, values, _order(values)[:top_n]
+
+
+def _cohere_response(
+    version: str, results: list[CohereResult], scored: EngineResult, state: ServiceState
+) -> CohereRerankResponse:
+    """The Cohere envelope: a fresh id, the results, and the billing/cache meta."""
+    return CohereRerankResponse(
+        id=str(uuid.uuid4()),
+        results=results,
+        meta=CohereMeta(
+            api_version={"version": version},
+            billed_units={"search_units": 1 if scored.scores else 0},
+            model=state.settings.public_model_name,
+            cache_hits=scored.cache_hits,
+        ),
     )
 
 

@@ -32,6 +32,20 @@ class ServiceError(SecondPassError):
     status = 500
     error_type = "internal"
 
+    def __init_subclass__(
+        cls, *, status: int | None = None, error_type: str | None = None, **kwargs: Any
+    ) -> None:
+        """Let a subclass declare its status and type in its header, one line per error.
+
+        ``class GoneError(ServiceError, status=410, error_type="gone")``; either may be
+        left out to inherit the parent's.
+        """
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status
+        if error_type is not None:
+            cls.error_type = error_type
+
     def __init__(
         self,
         message: str,
@@ -46,69 +60,43 @@ class ServiceError(SecondPassError):
         self.retry_after_s = retry_after_s
 
 
-class LimitExceededError(ServiceError):
+class LimitExceededError(ServiceError, status=422, error_type="limit_exceeded"):
     """A field is larger than the configured limit (422, names the field and the limit)."""
 
-    status = 422
-    error_type = "limit_exceeded"
 
-
-class InvalidRequestError(ServiceError):
+class InvalidRequestError(ServiceError, status=422, error_type="validation"):
     """The request is well-formed JSON but does not make sense (422)."""
 
-    status = 422
-    error_type = "validation"
 
-
-class InputTooLongError(ServiceError):
+class InputTooLongError(ServiceError, status=413, error_type="input_too_long"):
     """TEI ``truncate=false`` and an input longer than the model's window (413)."""
 
-    status = 413
-    error_type = "input_too_long"
 
-
-class BodyTooLargeError(ServiceError):
+class BodyTooLargeError(ServiceError, status=413, error_type="body_too_large"):
     """The body is larger than ``max_body_bytes`` (413, refused before it is read)."""
 
-    status = 413
-    error_type = "body_too_large"
 
-
-class QueueFullError(ServiceError):
+class QueueFullError(ServiceError, status=429, error_type="overloaded"):
     """The batching queue has no room for the request's pairs (429 + Retry-After)."""
 
-    status = 429
-    error_type = "overloaded"
 
-
-class DeadlineExceededError(ServiceError):
+class DeadlineExceededError(ServiceError, status=503, error_type="deadline_exceeded"):
     """The service's queue timeout passed before the request was computed (503)."""
 
-    status = 503
-    error_type = "deadline_exceeded"
 
-
-class ClientDeadlineExceededError(DeadlineExceededError):
+class ClientDeadlineExceededError(DeadlineExceededError, status=408):
     """The client's own deadline passed before the request was computed (408).
 
     A 4xx because the client chose the deadline: a too-short deadline is input.
     """
 
-    status = 408
 
-
-class UnavailableError(ServiceError):
+class UnavailableError(ServiceError, status=503, error_type="unavailable"):
     """Model not loaded, the service is draining, or the engine is down (503)."""
 
-    status = 503
-    error_type = "unavailable"
 
-
-class NotConfiguredError(ServiceError):
+class NotConfiguredError(ServiceError, status=404, error_type="not_configured"):
     """The endpoint needs configuration this deployment does not have (404)."""
-
-    status = 404
-    error_type = "not_configured"
 
 
 def status_for(exc: BaseException) -> tuple[int, str]:

@@ -80,46 +80,31 @@ RATIO_FLOOR_BYTES = 64 * 1024
 # ---------------------------------------------------------------------------- errors
 
 
-class HeadersTooLargeError(ServiceError):
+class HeadersTooLargeError(ServiceError, status=431, error_type="headers_too_large"):
     """Too many request headers, or too many header bytes (431)."""
 
-    status = 431
-    error_type = "headers_too_large"
 
-
-class BodyTimeoutError(ServiceError):
+class BodyTimeoutError(ServiceError, status=408, error_type="body_timeout"):
     """The request body stalled or took too long to arrive (408)."""
 
-    status = 408
-    error_type = "body_timeout"
 
-
-class UnsupportedEncodingError(ServiceError):
+class UnsupportedEncodingError(ServiceError, status=415, error_type="unsupported_encoding"):
     """A ``Content-Encoding`` this application does not decode (415)."""
 
-    status = 415
-    error_type = "unsupported_encoding"
 
-
-class JsonTooDeepError(ServiceError):
+class JsonTooDeepError(ServiceError, status=400, error_type="json_too_deep"):
     """JSON nested deeper than ``max_json_depth`` (400, checked before parsing)."""
 
-    status = 400
-    error_type = "json_too_deep"
+
+class ClientGoneError(ServiceError, status=499, error_type="client_gone"):
+    """The client disconnected before its request was read; nobody is left to answer.
+
+    499 is nginx's "client closed request"; it is never sent.
+    """
 
 
-class ClientGoneError(ServiceError):
-    """The client disconnected before its request was read; nobody is left to answer."""
-
-    status = 499  # nginx's "client closed request"; never sent
-    error_type = "client_gone"
-
-
-class MalformedRequestError(ServiceError):
+class MalformedRequestError(ServiceError, status=400, error_type="malformed_request"):
     """Framing the server cannot trust, e.g. conflicting Content-Length values (400)."""
-
-    status = 400
-    error_type = "malformed_request"
 
 
 # ---------------------------------------------------------------------------- limits

@@ -15,12 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from secondpass.pipeline.batcher import BatchReport
-
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-_PAIR_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-_TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
-_REQUEST_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
+from secondpass.scoring_metrics import LATENCY_BUCKETS, EngineSeries
 
 
 class ServiceMetrics:
@@ -45,52 +40,22 @@ class ServiceMetrics:
             "secondpass_http_request_duration_seconds",
             "Wall time from request start to the end of the response, by route template.",
             ["endpoint"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.in_flight = Gauge(
             "secondpass_http_requests_in_flight", "Requests being handled now.", registry=r
         )
-        self.stage = Histogram(
-            "secondpass_stage_duration_seconds",
-            "Time spent per pipeline stage (see ServiceMetrics docstring for stage names).",
-            ["stage"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.batch_pairs = Histogram(
-            "secondpass_batch_pairs",
-            "Pairs scored per forward batch.",
-            buckets=_PAIR_BUCKETS,
-            registry=r,
-        )
-        self.batch_requests = Histogram(
-            "secondpass_batch_requests",
-            "Distinct HTTP requests served by one forward batch (>1 means batching mixed them).",
-            buckets=_REQUEST_BUCKETS,
-            registry=r,
-        )
-        self.batch_tokens = Histogram(
-            "secondpass_batch_tokens",
-            "Passage tokens the model saw per batch (sum of PassageScore.tokens_scored).",
-            buckets=_TOKEN_BUCKETS,
-            registry=r,
-        )
-        self.queue_pairs = Gauge(
-            "secondpass_queue_depth_pairs", "Pairs waiting in the batching queue.", registry=r
-        )
-        self.queue_requests = Gauge(
-            "secondpass_queue_depth_requests",
-            "Requests with pairs waiting in the batching queue.",
-            registry=r,
-        )
-        self.rejected = Counter(
-            "secondpass_rejected_requests",
-            "Requests refused before scoring, by reason "
-            "(queue_full, over_time, deadline, body_too_large, validation, draining).",
-            ["reason"],
-            registry=r,
-        )
+        # the engine's series, shared with the proxy; the names below keep this
+        # class's attributes, and the service observes its own stages and refusals on them
+        self.scoring = EngineSeries(r)
+        self.stage = self.scoring.stage
+        self.batch_pairs = self.scoring.batch_pairs
+        self.batch_requests = self.scoring.batch_requests
+        self.batch_tokens = self.scoring.batch_tokens
+        self.queue_pairs = self.scoring.queue_pairs
+        self.queue_requests = self.scoring.queue_requests
+        self.rejected = self.scoring.refusals
         self.cache_hits = Counter(
             "secondpass_cache_hits", "Pair scores served from the score cache.", registry=r
         )
@@ -103,9 +68,7 @@ class ServiceMetrics:
             ["endpoint", "status"],
             registry=r,
         )
-        self.model_failures = Counter(
-            "secondpass_model_failures", "Forward batches that raised.", registry=r
-        )
+        self.model_failures = self.scoring.model_failures
         self.ready = Gauge("secondpass_ready", "1 when /readyz answers 200, else 0.", registry=r)
 
     def add_callback_gauges(
@@ -117,44 +80,6 @@ class ServiceMetrics:
     def enable_gpu_memory(self) -> None:
         """Export CUDA memory per device at scrape time, when torch has CUDA."""
         self.registry.register(_GpuMemoryCollector())
-
-
-class BatchMetrics:
-    """The shared batcher's reports written to the service's series.
-
-    The batcher lives in ``pipeline/`` and knows only its ``BatchObserver``
-    protocol; this adapter keeps the series the service has always exported.
-    """
-
-    def __init__(self, metrics: ServiceMetrics) -> None:
-        self._m = metrics
-
-    def rejected(self, reason: str) -> None:
-        """Count a refusal before scoring under ``reason``."""
-        self._m.rejected.labels(reason).inc()
-
-    def queue_depth(self, pairs: int, requests: int) -> None:
-        """Set the queue depth gauges."""
-        self._m.queue_pairs.set(pairs)
-        self._m.queue_requests.set(requests)
-
-    def queue_wait(self, seconds: float) -> None:
-        """Observe the ``queue_wait`` stage."""
-        self._m.stage.labels("queue_wait").observe(seconds)
-
-    def batch_done(self, report: BatchReport) -> None:
-        """Observe one successful batch: its stages, pairs, requests and tokens."""
-        m = self._m
-        m.stage.labels("batch").observe(report.seconds)
-        m.stage.labels("tokenize").observe(report.tokenize_s)
-        m.stage.labels("model").observe(report.model_s)
-        m.batch_pairs.observe(report.pairs)
-        m.batch_requests.observe(report.requests)
-        m.batch_tokens.observe(report.tokens)
-
-    def model_failed(self) -> None:
-        """Count a forward batch that raised."""
-        self._m.model_failures.inc()
 
 
 class _CallbackCollector(Collector):

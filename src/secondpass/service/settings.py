@@ -24,14 +24,19 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from secondpass.config import CacheSettings, ConnectionSettings, RerankSettings
+from secondpass.config import (
+    CacheSettings,
+    ConnectionSettings,
+    RerankSettings,
+    ScoringEngineSettings,
+)
 from secondpass.errors import ConfigurationError
 from secondpass.service.settings_files import FileBackedSettings
 
 CONFIG_FILE_ENV = "SECONDPASS_SERVICE_CONFIG_FILE"
 
 
-class ServiceSettings(FileBackedSettings):
+class ServiceSettings(FileBackedSettings, ScoringEngineSettings):
     """Everything ``secondpass serve`` needs (env prefix ``SECONDPASS_SERVICE_``)."""
 
     config_file_env: ClassVar[str] = CONFIG_FILE_ENV
@@ -121,39 +126,12 @@ class ServiceSettings(FileBackedSettings):
         description="most open client connections; more are answered 503 and closed",
     )
 
-    # -- cross-request dynamic batching ---------------------------------------
-    batching: bool = Field(
-        default=True, description="mix pairs of concurrent requests in one forward pass"
-    )
-    max_batch_pairs: int = Field(
-        default=64, ge=1, description="most (query, passage) pairs per batch"
-    )
-    max_batch_tokens: int = Field(
-        default=16_384, ge=64, description="estimated token budget of one batch (chars/4 per pair)"
-    )
-    max_wait_ms: float = Field(
-        default=5.0,
-        ge=0,
-        description="longest a batch waits to fill before it runs, in milliseconds",
-    )
-    max_queue_pairs: int = Field(
-        default=8_192,
-        ge=1,
-        description="queue bound in pairs; a request that does not fit gets 429",
-    )
+    # -- cross-request dynamic batching (and the breaker: ScoringEngineSettings) -
     retry_after_s: int = Field(
         default=1, ge=1, description="Retry-After seconds sent with 429 and 503"
     )
     request_timeout_ms: float = Field(
         default=30_000, gt=0, description="a request still queued after this long is dropped (503)"
-    )
-    max_queue_s: float | None = Field(
-        default=None,
-        gt=0,
-        description=(
-            "most estimated seconds of queue wait plus scoring a request may be admitted "
-            "with; more gets 429 at once (default: a third of request_timeout_ms)"
-        ),
     )
 
     # -- search facade -----------------------------------------------------------
@@ -194,12 +172,6 @@ class ServiceSettings(FileBackedSettings):
         default="best_effort",
         description="best_effort: a scoring failure returns first-stage order with rerank_status; "
         "required: it answers 503 with Retry-After",
-    )
-    breaker_failures: int = Field(
-        default=5, ge=1, description="consecutive scoring failures that open the circuit breaker"
-    )
-    breaker_reset_s: float = Field(
-        default=10.0, gt=0, description="seconds an open breaker skips scoring before one probe"
     )
 
     # -- lifecycle -----------------------------------------------------------------
