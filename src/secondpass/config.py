@@ -190,6 +190,15 @@ class CacheSettings(BaseSettings):
     warn_interval_s: float = Field(default=30.0, ge=0)
 
 
+_BATCHING_OPTIONS = (
+    "batching",
+    "max_batch_pairs",
+    "max_batch_tokens",
+    "max_wait_ms",
+    "max_queue_pairs",
+)
+
+
 class ScoringEngineSettings(BaseModel):
     """The scoring engine's batching, admission and breaker knobs, as flat fields.
 
@@ -241,11 +250,9 @@ class ScoringEngineSettings(BaseModel):
     )
 
     def batching_options(self) -> dict[str, Any]:
-        """The batching keyword arguments of ``ScoringEngine``, under their own names."""
-        return {
-            "batching": self.batching,
-            "max_batch_pairs": self.max_batch_pairs,
-            "max_batch_tokens": self.max_batch_tokens,
-            "max_wait_ms": self.max_wait_ms,
-            "max_queue_pairs": self.max_queue_pairs,
-        }
+        """The batching keyword arguments of ``ScoringEngine``, under their own names.
+
+        ``max_queue_s`` and the breaker are left to the front-end: their defaults
+        differ (see the field descriptions) and the breaker is an object.
+        """
+        return self.model_dump(include=set(_BATCHING_OPTIONS))

@@ -15,6 +15,7 @@ from pydantic import SecretStr
 from tests.fixtures.cache import CountingScorer
 
 from secondpass.config import CacheSettings
+from secondpass.pipeline.batcher import BatchingOptions
 from secondpass.pipeline.cache import RedisScoreCache, build_cache, cache_key, encode_score
 from secondpass.pipeline.engine import EngineResult, ScoringEngine
 from secondpass.servers import LocalRedis
@@ -27,7 +28,7 @@ def _score(
     scorer: CountingScorer, cache: RedisScoreCache, query: str, items: list[tuple[str, str, str]]
 ) -> EngineResult:
     """One request through a scoring engine over ``cache``, the way every front-end scores."""
-    with ScoringEngine(scorer=scorer, cache=cache, max_wait_ms=0.0) as engine:
+    with ScoringEngine(scorer=scorer, cache=cache, options=BatchingOptions(max_wait_ms=0.0)) as engine:
         return engine.score_sync(query, items)
 
 SCORE = PassageScore(raw=-2.25, normalized=0.095, tokens_in=700, tokens_scored=512, truncated=True)

@@ -26,7 +26,12 @@ from secondpass.errors import (
     ScoringDeadlineError,
     ScoringUnavailableError,
 )
-from secondpass.pipeline.batcher import BatchReport, DynamicBatcher, estimate_tokens
+from secondpass.pipeline.batcher import (
+    BatchingOptions,
+    BatchReport,
+    DynamicBatcher,
+    estimate_tokens,
+)
 from secondpass.types import PassageScore
 
 
@@ -150,7 +155,7 @@ async def behind_held_model(
 
 async def test_small_request_rides_in_the_next_batch_while_big_ones_are_queued() -> None:
     scorer = RecordingScorer()
-    batcher = DynamicBatcher(scorer, max_wait_ms=0, max_batch_pairs=64)
+    batcher = DynamicBatcher(scorer, options=BatchingOptions(max_wait_ms=0, max_batch_pairs=64))
     async with running(batcher):
         *big, held = await behind_held_model(
             scorer, batcher, *[pairs(f"big{j}", 1000) for j in range(4)]
@@ -172,7 +177,7 @@ async def test_small_request_rides_in_the_next_batch_while_big_ones_are_queued()
 
 async def test_results_come_back_in_input_order_across_batches() -> None:
     scorer = RecordingScorer()
-    batcher = DynamicBatcher(scorer, max_wait_ms=0, max_batch_pairs=7)
+    batcher = DynamicBatcher(scorer, options=BatchingOptions(max_wait_ms=0, max_batch_pairs=7))
     sent = [("q", "w " * (i + 1)) for i in range(60)]  # every pair scores differently
     async with running(batcher):
         tasks = await behind_held_model(scorer, batcher, sent, pairs("other", 20))
@@ -185,7 +190,7 @@ async def test_results_come_back_in_input_order_across_batches() -> None:
 
 async def test_batching_off_serves_one_request_per_batch_taking_turns() -> None:
     scorer = RecordingScorer()
-    batcher = DynamicBatcher(scorer, batching=False, max_batch_pairs=4)
+    batcher = DynamicBatcher(scorer, options=BatchingOptions(batching=False, max_batch_pairs=4))
     async with running(batcher):
         tasks = await behind_held_model(scorer, batcher, *[pairs(f"r{j}", 8) for j in range(3)])
         scorer.gate.set()
@@ -198,7 +203,7 @@ async def test_batching_off_serves_one_request_per_batch_taking_turns() -> None:
 async def test_concurrent_callers_share_one_batch() -> None:
     scorer = RecordingScorer()
     observed = Observed()
-    batcher = DynamicBatcher(scorer, max_wait_ms=0, observer=observed)
+    batcher = DynamicBatcher(scorer, options=BatchingOptions(max_wait_ms=0), observer=observed)
     async with running(batcher):
         tasks = await behind_held_model(scorer, batcher, *[pairs(f"q{i}", 2) for i in range(6)])
         scorer.gate.set()
@@ -222,7 +227,9 @@ async def test_request_that_cannot_finish_in_time_is_refused_at_once() -> None:
     clock = FakeClock()
     scorer = RecordingScorer(clock=clock, seconds_per_pair=0.01)  # 100 pairs/s
     observed = Observed()
-    batcher = DynamicBatcher(scorer, max_wait_ms=0, clock=clock, observer=observed)
+    batcher = DynamicBatcher(
+        scorer, options=BatchingOptions(max_wait_ms=0), clock=clock, observer=observed
+    )
     async with running(batcher):
         assert batcher.throughput() is None
         await measured(scorer, batcher)
@@ -246,7 +253,9 @@ async def test_request_that_cannot_finish_in_time_is_refused_at_once() -> None:
 async def test_max_queue_s_caps_the_estimate_whatever_the_deadline() -> None:
     clock = FakeClock()
     scorer = RecordingScorer(clock=clock, seconds_per_pair=0.01)
-    batcher = DynamicBatcher(scorer, max_wait_ms=0, clock=clock, max_queue_s=3)
+    batcher = DynamicBatcher(
+        scorer, options=BatchingOptions(max_wait_ms=0, max_queue_s=3), clock=clock
+    )
     async with running(batcher):
         await measured(scorer, batcher)
         first, held = await behind_held_model(scorer, batcher, pairs("first", 200))
@@ -262,7 +271,7 @@ async def test_max_queue_s_caps_the_estimate_whatever_the_deadline() -> None:
 async def test_newcomer_that_would_make_an_admitted_request_late_is_refused() -> None:
     clock = FakeClock()
     scorer = RecordingScorer(clock=clock, seconds_per_pair=0.01)  # 100 pairs/s
-    batcher = DynamicBatcher(scorer, max_wait_ms=0, clock=clock)
+    batcher = DynamicBatcher(scorer, options=BatchingOptions(max_wait_ms=0), clock=clock)
     async with running(batcher):
         await measured(scorer, batcher)
         # 300 pairs: planned done in 3.75 s (80 % of 100 pairs/s), within its 4.5 s deadline.
@@ -285,7 +294,7 @@ async def test_newcomer_that_would_make_an_admitted_request_late_is_refused() ->
 async def test_measured_batches_hold_about_half_a_second_of_work() -> None:
     clock = FakeClock()
     scorer = RecordingScorer(clock=clock, seconds_per_pair=0.01)  # 14 tokens/pair: 1,400 tokens/s
-    batcher = DynamicBatcher(scorer, max_wait_ms=0, clock=clock)
+    batcher = DynamicBatcher(scorer, options=BatchingOptions(max_wait_ms=0), clock=clock)
     async with running(batcher):
         await measured(scorer, batcher)
         await batcher.submit(pairs("long", 200), deadline=far())
@@ -299,9 +308,11 @@ async def test_nearly_idle_queue_admits_oversized_request_and_pair_bound_applies
     observed = Observed()
     batcher = DynamicBatcher(
         scorer,
-        max_wait_ms=0,
-        max_batch_pairs=4,
-        max_queue_pairs=6,  # 9 pairs: too large on their own
+        options=BatchingOptions(
+            max_wait_ms=0,
+            max_batch_pairs=4,
+            max_queue_pairs=6,  # 9 pairs: too large on their own
+        ),
         retry_after_s=3,
         observer=observed,
     )
@@ -327,7 +338,7 @@ async def test_nearly_idle_queue_admits_oversized_request_and_pair_bound_applies
 async def test_cancelled_caller_pairs_are_removed_at_once_and_never_scored() -> None:
     scorer = RecordingScorer()
     observed = Observed()
-    batcher = DynamicBatcher(scorer, max_wait_ms=0, observer=observed)
+    batcher = DynamicBatcher(scorer, options=BatchingOptions(max_wait_ms=0), observer=observed)
     async with running(batcher):
         gone, stays, held = await behind_held_model(
             scorer, batcher, pairs("gone", 50), pairs("stays", 3)
@@ -343,7 +354,7 @@ async def test_cancelled_caller_pairs_are_removed_at_once_and_never_scored() -> 
 
 async def test_caller_leaving_mid_batch_does_not_disturb_the_others() -> None:
     scorer = RecordingScorer()
-    batcher = DynamicBatcher(scorer, max_wait_ms=0)
+    batcher = DynamicBatcher(scorer, options=BatchingOptions(max_wait_ms=0))
     async with running(batcher):
         scorer.gate.clear()
         scorer.entered.clear()
@@ -361,7 +372,7 @@ async def test_caller_leaving_mid_batch_does_not_disturb_the_others() -> None:
 async def test_deadline_drops_pending_pairs_with_a_library_error() -> None:
     scorer = RecordingScorer()
     observed = Observed()
-    batcher = DynamicBatcher(scorer, max_wait_ms=0, observer=observed)
+    batcher = DynamicBatcher(scorer, options=BatchingOptions(max_wait_ms=0), observer=observed)
     async with running(batcher):
         held = await hold_model(scorer, batcher)
         with pytest.raises(ScoringDeadlineError) as late:

@@ -24,6 +24,7 @@ from secondpass.errors import (
     ScoringDeadlineError,
     ScoringUnavailableError,
 )
+from secondpass.pipeline.batcher import BatchingOptions
 from secondpass.pipeline.breaker import CircuitBreaker
 from secondpass.pipeline.cache import LRUScoreCache, RedisScoreCache, cache_keys
 from secondpass.pipeline.engine import BLANK_SCORE, ScoringEngine
@@ -43,7 +44,7 @@ def engines() -> Callable[..., ScoringEngine]:
     made: list[ScoringEngine] = []
 
     def build(**kwargs: object) -> ScoringEngine:
-        kwargs.setdefault("max_wait_ms", 1.0)
+        kwargs.setdefault("options", BatchingOptions(max_wait_ms=1.0))
         engine = ScoringEngine(**kwargs)  # type: ignore[arg-type]
         made.append(engine)
         return engine
@@ -336,7 +337,8 @@ def test_a_failed_probe_opens_the_breaker_again(engines) -> None:
 def test_a_deadline_missed_while_the_model_idles_is_not_the_models_fault(engines) -> None:
     breaker = CircuitBreaker(failure_threshold=1, reset_after_s=60.0)
     scorer = FakeScorer()
-    engine = engines(scorer=scorer, breaker=breaker, max_wait_ms=5_000.0)  # waits to fill a batch
+    slow_to_fill = BatchingOptions(max_wait_ms=5_000.0)  # waits to fill a batch
+    engine = engines(scorer=scorer, breaker=breaker, options=slow_to_fill)
     with pytest.raises(ScoringDeadlineError):
         engine.score_sync("short", [("", "", "x")], deadline=time.monotonic() + 0.05)
     assert breaker.state == "closed" and scorer.batches == []
@@ -367,7 +369,7 @@ def test_a_closed_engine_refuses_work(counting_scorer: CountingScorer) -> None:
 
 async def test_sync_and_async_callers_share_one_batch(engines) -> None:
     scorer = FakeScorer()
-    engine = engines(scorer=scorer, max_wait_ms=50.0)
+    engine = engines(scorer=scorer, options=BatchingOptions(max_wait_ms=50.0))
     blocker = await asyncio.to_thread(_held, engine, scorer)
     sync_caller = threading.Thread(
         target=engine.score_sync, args=("from-thread", [("", "", "a"), ("", "", "b")]), daemon=True

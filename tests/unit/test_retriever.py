@@ -27,6 +27,7 @@ from secondpass.errors import (
     RerankError,
     SearchDeadlineError,
 )
+from secondpass.pipeline.batcher import BatchingOptions
 from secondpass.pipeline.cache import LRUScoreCache
 from secondpass.pipeline.engine import ScoringEngine
 from secondpass.pipeline.first_stage import LexicalStage
@@ -662,7 +663,7 @@ def test_engine_and_scorer_together_are_refused() -> None:
 
 def test_an_overloaded_queue_is_skipped_at_once_or_raised_in_required_mode() -> None:
     scorer = SlowScorer(hold_s=5.0)
-    with ScoringEngine(scorer=scorer, max_queue_pairs=2) as engine:
+    with ScoringEngine(scorer=scorer, options=BatchingOptions(max_queue_pairs=2)) as engine:
         holder = threading.Thread(target=engine.score_sync, args=("hold", [("d", "0", "x")]))
         holder.start()
         assert scorer.entered.wait(5)  # the model is busy ...

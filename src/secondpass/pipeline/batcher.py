@@ -89,6 +89,30 @@ def estimate_tokens(query: str, passage: str) -> int:
     return (len(query) + len(passage)) // 4 + 3
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchingOptions:
+    """How the shared queue forms batches and admits work, in one value.
+
+    Why a value: the batcher, the engine that owns it and each front-end's
+    settings all speak of the same five knobs; passing one frozen object keeps
+    their names and defaults in one place. ``batching=False`` scores each
+    request's pairs in batches of their own; ``max_batch_tokens`` is estimated
+    (characters / 4 per pair); ``max_queue_s`` caps the estimated queue wait plus
+    scoring a request is admitted with (``None``: its deadline alone decides).
+
+    Example:
+        >>> BatchingOptions(max_wait_ms=2).max_batch_pairs
+        64
+    """
+
+    batching: bool = True
+    max_batch_pairs: int = 64
+    max_batch_tokens: int = 16_384
+    max_wait_ms: float = 5.0
+    max_queue_pairs: int = 8_192
+    max_queue_s: float | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class BatchReport:
     """One successful forward batch, as the observer sees it.
@@ -177,7 +201,7 @@ class DynamicBatcher:
 
     Example:
         >>> async def demo(scorer):  # doctest: +SKIP
-        ...     batcher = DynamicBatcher(scorer, max_wait_ms=2)
+        ...     batcher = DynamicBatcher(scorer, options=BatchingOptions(max_wait_ms=2))
         ...     batcher.start()
         ...     pairs = [("cats", "Cats purr."), ("cats", "Dogs bark.")]
         ...     scores = await batcher.submit(pairs, deadline=time.monotonic() + 5)
@@ -188,12 +212,7 @@ class DynamicBatcher:
         self,
         scorer: Scorer,
         *,
-        batching: bool = True,
-        max_batch_pairs: int = 64,
-        max_batch_tokens: int = 16_384,
-        max_wait_ms: float = 5.0,
-        max_queue_pairs: int = 8_192,
-        max_queue_s: float | None = None,
+        options: BatchingOptions | None = None,
         retry_after_s: float = 1,
         observer: BatchObserver | None = None,
         on_success: Callable[[], None] | None = None,
@@ -201,12 +220,13 @@ class DynamicBatcher:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._scorer = scorer
-        self.batching = batching
-        self.max_batch_pairs = max_batch_pairs
-        self.max_batch_tokens = max_batch_tokens
-        self.max_wait_s = max_wait_ms / 1000.0
-        self.max_queue_pairs = max_queue_pairs
-        self.max_queue_s = max_queue_s
+        options = BatchingOptions() if options is None else options
+        self.batching = options.batching
+        self.max_batch_pairs = options.max_batch_pairs
+        self.max_batch_tokens = options.max_batch_tokens
+        self.max_wait_s = options.max_wait_ms / 1000.0
+        self.max_queue_pairs = options.max_queue_pairs
+        self.max_queue_s = options.max_queue_s
         self._retry_after_s = retry_after_s
         self._observer = observer
         self._on_success = on_success

@@ -68,7 +68,7 @@ from secondpass.errors import (
     ScoringDeadlineError,
     ScoringUnavailableError,
 )
-from secondpass.pipeline.batcher import BatchObserver, DynamicBatcher
+from secondpass.pipeline.batcher import BatchingOptions, BatchObserver, DynamicBatcher
 from secondpass.pipeline.breaker import CircuitBreaker
 from secondpass.pipeline.cache import LRUScoreCache, NullScoreCache, cache_keys
 from secondpass.pipeline.passages import is_blank
@@ -210,8 +210,8 @@ class ScoringEngine:
     """Cache, blank handling, batching, breaker and deadlines between passages and the model.
 
     ``scorer`` and ``cache`` are used as given (``cache=None`` scores everything);
-    ``breaker`` may be shared with other engines on the same scorer. The batching
-    arguments are :class:`~secondpass.pipeline.batcher.DynamicBatcher`'s;
+    ``breaker`` may be shared with other engines on the same scorer. ``options``
+    (:class:`~secondpass.pipeline.batcher.BatchingOptions`) shape the shared batches;
     ``timeout_s`` is the deadline of a request that brings none (``None``: no
     limit). ``observer``, ``on_success`` and ``on_failure`` are handed to the
     batcher (metrics, readiness) and called from the engine's thread.
@@ -225,12 +225,7 @@ class ScoringEngine:
         scorer: Scorer,
         cache: ScoreCache | None = None,
         breaker: CircuitBreaker | None = None,
-        batching: bool = True,
-        max_batch_pairs: int = 64,
-        max_batch_tokens: int = 16_384,
-        max_wait_ms: float = 5.0,
-        max_queue_pairs: int = 8_192,
-        max_queue_s: float | None = None,
+        options: BatchingOptions | None = None,
         retry_after_s: int = 1,
         timeout_s: float | None = None,
         observer: BatchObserver | None = None,
@@ -246,12 +241,7 @@ class ScoringEngine:
         self.timeout_s = timeout_s
         self.retry_after_s = retry_after_s
         self._batcher_options: dict[str, Any] = {
-            "batching": batching,
-            "max_batch_pairs": max_batch_pairs,
-            "max_batch_tokens": max_batch_tokens,
-            "max_wait_ms": max_wait_ms,
-            "max_queue_pairs": max_queue_pairs,
-            "max_queue_s": max_queue_s,
+            "options": options,
             "retry_after_s": retry_after_s,
             "observer": observer,
             "on_success": on_success,

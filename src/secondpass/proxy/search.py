@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from secondpass.pipeline.batcher import BatchObserver
+from secondpass.pipeline.batcher import BatchingOptions, BatchObserver
 from secondpass.pipeline.breaker import CircuitBreaker
 from secondpass.pipeline.engine import ScoringEngine
 from secondpass.pipeline.passages import render_passage
@@ -92,8 +92,7 @@ def build_retriever(
             failure_threshold=settings.breaker_failures, reset_after_s=settings.breaker_reset_s
         ),
         observer=observer,
-        **settings.batching_options(),
-        max_queue_s=settings.max_queue_s,
+        options=BatchingOptions(**settings.batching_options(), max_queue_s=settings.max_queue_s),
     )
     return Retriever(
         engine=engine,

@@ -82,12 +82,7 @@ class ProxySettings(FileBackedSettings, ScoringEngineSettings):
     config_file_env: ClassVar[str] = CONFIG_FILE_ENV
     settings_name: ClassVar[str] = "proxy"
 
-    model_config = SettingsConfigDict(
-        env_prefix="SECONDPASS_PROXY_",
-        env_nested_delimiter="__",
-        extra="forbid",
-        validate_default=True,
-    )
+    model_config = SettingsConfigDict(env_prefix="SECONDPASS_PROXY_")
 
     # -- where to listen, where to forward ------------------------------------
     upstream: str = Field("http://127.0.0.1:9200", description="the real cluster's base URL")

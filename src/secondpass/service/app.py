@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import inspect
 import logging
@@ -45,7 +46,7 @@ from secondpass.errors import (
     RefusedQueryError,
     SecondPassError,
 )
-from secondpass.pipeline.batcher import DynamicBatcher
+from secondpass.pipeline.batcher import BatchingOptions, DynamicBatcher
 from secondpass.pipeline.breaker import CircuitBreaker
 from secondpass.pipeline.cache import NullScoreCache, build_cache
 from secondpass.pipeline.engine import EngineResult, ScoringEngine
@@ -162,8 +163,7 @@ class ServiceState:
                 breaker=CircuitBreaker(
                     failure_threshold=s.breaker_failures, reset_after_s=s.breaker_reset_s
                 ),
-                **s.batching_options(),
-                max_queue_s=s.queue_time_limit_s,
+                options=BatchingOptions(**s.batching_options(), max_queue_s=s.queue_time_limit_s),
                 retry_after_s=s.retry_after_s,
                 timeout_s=s.request_timeout_ms / 1000,
                 observer=self.metrics.scoring,
@@ -574,14 +574,12 @@ def create_app(
     app.add_middleware(AnsweredConnectionGuard)  # around everything that may answer
     _install_error_handlers(app, state)
     limits = _Limits(settings)
-
-    @app.post(
-        "/v1/rerank",
-        response_model=CohereRerankResponse,
-        response_model_exclude_none=True,
-        responses=_ERRORS,
-        tags=["rerank"],
+    # what every rerank route shares: errors in the OpenAPI, no nulls in answers
+    rerank_route = functools.partial(
+        app.post, response_model_exclude_none=True, responses=_ERRORS, tags=["rerank"]
     )
+
+    @rerank_route("/v1/rerank", response_model=CohereRerankResponse)
     async def cohere_rerank(body: CohereRerankRequest) -> Any:
         """Rerank documents for a query (Cohere v1 wire format)."""
         limits.cohere(body)
@@ -601,13 +599,7 @@ def create_app(
             results.append(CohereResult(index=i, relevance_score=values[i], document=document))
         return _cohere_response("1", results, scored, state)
 
-    @app.post(
-        "/v2/rerank",
-        response_model=CohereRerankResponse,
-        response_model_exclude_none=True,
-        responses=_ERRORS,
-        tags=["rerank"],
-    )
+    @rerank_route("/v2/rerank", response_model=CohereRerankResponse)
     async def cohere_rerank_v2(body: CohereV2RerankRequest) -> Any:
         """Rerank documents for a query (Cohere v2 wire format: strings, no document echo)."""
         limits.cohere(body)
@@ -616,13 +608,7 @@ def create_app(
         results = [CohereResult(index=i, relevance_score=values[i]) for i in top]
         return _cohere_response("2", results, scored, state)
 
-    @app.post(
-        "/rerank",
-        response_model=list[TeiRank],
-        response_model_exclude_none=True,
-        responses=_ERRORS,
-        tags=["rerank"],
-    )
+    @rerank_route("/rerank", response_model=list[TeiRank])
     async def tei_rerank(body: TeiRerankRequest) -> Any:
         """Rerank texts for a query (text-embeddings-inference wire format).
 

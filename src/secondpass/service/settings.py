@@ -42,12 +42,7 @@ class ServiceSettings(FileBackedSettings, ScoringEngineSettings):
     config_file_env: ClassVar[str] = CONFIG_FILE_ENV
     settings_name: ClassVar[str] = "service"
 
-    model_config = SettingsConfigDict(
-        env_prefix="SECONDPASS_SERVICE_",
-        env_nested_delimiter="__",
-        extra="forbid",
-        validate_default=True,
-    )
+    model_config = SettingsConfigDict(env_prefix="SECONDPASS_SERVICE_")
 
     # -- network ---------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="interface to listen on")

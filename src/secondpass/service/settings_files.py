@@ -19,6 +19,7 @@ from pydantic_settings import (
     BaseSettings,
     JsonConfigSettingsSource,
     PydanticBaseSettingsSource,
+    SettingsConfigDict,
     TomlConfigSettingsSource,
     YamlConfigSettingsSource,
 )
@@ -39,6 +40,13 @@ class FileBackedSettings(BaseSettings):
 
     config_file_env: ClassVar[str]
     settings_name: ClassVar[str]
+
+    # Shared by every application's settings (a subclass adds its ``env_prefix``):
+    # nested areas by ``__`` (``..._RERANK__DEVICE``), a misspelt key is an error,
+    # and defaults are validated too.
+    model_config = SettingsConfigDict(
+        env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
 
     @classmethod
     def settings_customise_sources(
