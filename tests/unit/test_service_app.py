@@ -418,4 +418,41 @@ async def test_a_client_that_leaves_takes_its_pairs_out_of_the_queue() -> None:
     assert after.status_code == 200
     assert sent == []  # nobody to answer
     assert all(q != "gone" for batch in scorer.batches for q, _ in batch)
-    assert 'secondpass_http_requests_total{endpoint="/rerank",method="POST",status="499"} 1.0' in metrics
+    assert (
+        'secondpass_http_requests_total{endpoint="/rerank",method="POST",status="499"} 1.0'
+        in metrics
+    )
+
+
+class SlowEngineRetriever(FakeRetriever):
+    """A first stage that never answers in time."""
+
+    async def asearch(self, query: str, **kwargs: Any) -> SearchResult:
+        from secondpass.errors import SearchDeadlineError
+
+        self.calls.append({"query": query, **kwargs})
+        raise SearchDeadlineError("opensearch search on 'docs': no answer within the deadline")
+
+
+@pytest.mark.parametrize(
+    ("deadline_ms", "status", "error_type"),
+    [(5e-324, 408, "deadline_exceeded"), (0.05, 408, "deadline_exceeded"), (None, 503, "engine_unavailable")],
+)  # fmt: skip
+async def test_a_first_stage_past_the_deadline_is_408_when_the_client_chose_it(
+    deadline_ms: float | None, status: int, error_type: str
+) -> None:
+    """The client's too-short ``deadline_ms`` is input (408, naming it); the engine's own limit is 503."""
+    app = create_app(
+        ServiceSettings(search_index="docs"), scorer=FakeScorer(), retriever=SlowEngineRetriever()
+    )
+    body: dict[str, Any] = {"query": "cats"}
+    if deadline_ms is not None:
+        body["deadline_ms"] = deadline_ms
+    async with running(app) as client:
+        r = await client.post("/v1/search", json=body)
+    assert r.status_code == status, r.text
+    assert r.json()["error_type"] == error_type
+    if status == 408:
+        assert r.json()["field"] == "deadline_ms"
+    else:
+        assert "retry-after" in r.headers

@@ -44,6 +44,7 @@ from secondpass.errors import (
     BackendUnavailableError,
     QueryError,
     RefusedQueryError,
+    SearchDeadlineError,
     SecondPassError,
 )
 from secondpass.pipeline.batcher import BatchingOptions, DynamicBatcher
@@ -53,6 +54,7 @@ from secondpass.pipeline.engine import EngineResult, ScoringEngine
 from secondpass.pipeline.protocols import ScoreCache, Scorer
 from secondpass.service.auth import ApiKeys
 from secondpass.service.errors import (
+    ClientDeadlineExceededError,
     InputTooLongError,
     InvalidRequestError,
     LimitExceededError,
@@ -88,7 +90,6 @@ logger = logging.getLogger("secondpass.service")
 __all__ = ["ServiceState", "create_app"]
 
 _PROBE_PAIR = ("readiness probe", "a real forward pass through the model")
-
 
 
 # ----------------------------------------------------------------------------- state
@@ -645,7 +646,10 @@ def create_app(
         responses={
             **_ERRORS,
             404: {"model": ErrorBody, "description": "search not configured"},
-            502: {"model": ErrorBody, "description": "the engine failed the request (not the client's input)"},
+            502: {
+                "model": ErrorBody,
+                "description": "the engine failed the request (not the client's input)",
+            },
         },
         tags=["search"],
     )
@@ -671,14 +675,22 @@ def create_app(
                 msg = "hybrid: not configured on this service (set --search-vector-field)"
                 raise InvalidRequestError(msg, field="hybrid")
             retriever = state.hybrid_retriever
-        result: SearchResult = await retriever.asearch(
-            body.query,
-            k=body.k,
-            offset=body.offset,
-            filters=body.filters or None,
-            body=body.body,
-            deadline_ms=body.deadline_ms,
-        )
+        try:
+            result: SearchResult = await retriever.asearch(
+                body.query,
+                k=body.k,
+                offset=body.offset,
+                filters=body.filters or None,
+                body=body.body,
+                deadline_ms=body.deadline_ms,
+            )
+        except SearchDeadlineError as exc:
+            if body.deadline_ms is None:
+                raise  # the engine settings' own deadline: 503, the engine is slow
+            # The client's deadline ran out before the first stage answered: a
+            # too-short deadline is input (408), as it is while scoring.
+            msg = f"the request's deadline_ms ({body.deadline_ms:g}) passed before the first stage answered"
+            raise ClientDeadlineExceededError(msg, field="deadline_ms") from exc
         if result.status != "ok":
             state.metrics.degraded.labels("/v1/search", result.status).inc()
         state.metrics.cache_hits.inc(result.cache_hits)
