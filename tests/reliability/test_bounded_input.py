@@ -663,6 +663,6 @@ def test_wrong_typed_documents_are_422_naming_the_field(
 
 def test_a_number_as_a_document_text_is_scored_and_echoed(target_service: ServiceProcess) -> None:
     r = httpx.post(f"{target_service.url}/v1/rerank",
-                   json={"query": "q", "documents": [{"text": 1}, {"text": 2.5}]}, timeout=30)  # fmt: skip
+                   json={"query": "q", "documents": [{"text": 1}, {"text": 2.5}], "return_documents": True}, timeout=30)  # fmt: skip
     assert r.status_code == 200, r.text
     assert sorted(x["document"]["text"] for x in r.json()["results"]) == [1, 2.5]

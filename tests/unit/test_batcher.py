@@ -250,12 +250,16 @@ async def test_request_that_cannot_finish_in_time_is_refused_at_once() -> None:
     assert observed.rejections == ["over_time"]
 
 
-async def test_max_queue_s_caps_the_estimate_whatever_the_deadline() -> None:
+def capped_at_3_s() -> tuple[FakeClock, RecordingScorer, DynamicBatcher]:
+    """A batcher admitting at most 3 s of estimated work, on a clock its scorer advances."""
     clock = FakeClock()
     scorer = RecordingScorer(clock=clock, seconds_per_pair=0.01)
-    batcher = DynamicBatcher(
-        scorer, options=BatchingOptions(max_wait_ms=0, max_queue_s=3), clock=clock
-    )
+    options = BatchingOptions(max_wait_ms=0, max_queue_s=3)
+    return clock, scorer, DynamicBatcher(scorer, options=options, clock=clock)
+
+
+async def test_max_queue_s_caps_the_estimate_whatever_the_deadline() -> None:
+    clock, scorer, batcher = capped_at_3_s()
     async with running(batcher):
         await measured(scorer, batcher)
         first, held = await behind_held_model(scorer, batcher, pairs("first", 200))
@@ -266,6 +270,26 @@ async def test_max_queue_s_caps_the_estimate_whatever_the_deadline() -> None:
     assert not scorer.seen("late")
     # 2.5 s alone fits 3 s; shared with "first" 5.0 s: retry when 2 s of it are done.
     assert refused.value.retry_after_s == 3
+
+
+async def test_max_queue_s_counts_from_arrival_not_from_submission() -> None:
+    clock, scorer, batcher = capped_at_3_s()
+    async with running(batcher):
+        await measured(scorer, batcher)
+        first, held = await behind_held_model(scorer, batcher, pairs("first", 100))
+        # 50 pairs sharing batches with "first": 100 pairs of work, 1.25 s at 80 % of
+        # 100 pairs/s. Arrived 2 s ago (a slow body, a busy loop), 1 s of 3 s is left.
+        with pytest.raises(OverloadedError):
+            await batcher.submit(pairs("late", 50), deadline=clock() + 3600, arrived=clock() - 2)
+        # The same work arriving now fits.
+        fresh = asyncio.create_task(
+            batcher.submit(pairs("fresh", 50), deadline=clock() + 3600, arrived=clock())
+        )
+        await until(lambda: batcher.queued_pairs == 150, "fresh admitted")
+        scorer.gate.set()
+        await asyncio.gather(first, fresh, held)
+    assert not scorer.seen("late")
+    assert scorer.seen("fresh")
 
 
 async def test_newcomer_that_would_make_an_admitted_request_late_is_refused() -> None:
@@ -301,6 +325,24 @@ async def test_measured_batches_hold_about_half_a_second_of_work() -> None:
     sizes = [len(batch) for batch in scorer.batches if batch[0][0] == "long"]
     # 700 tokens = 0.5 s at the measured rate (49 when float rounding shaves a token)
     assert sum(sizes) == 200 and 49 <= max(sizes) <= 50 and len(sizes) <= 5
+
+
+async def test_throughput_counts_the_time_between_batches_while_work_waits() -> None:
+    clock = FakeClock()
+    scorer = RecordingScorer(clock=clock, seconds_per_pair=0.01)  # 0.2 s per batch of 20
+
+    def overhead() -> None:  # after each batch, 0.2 s pass before the next can start
+        clock.now += 0.2
+
+    options = BatchingOptions(max_wait_ms=0, max_batch_pairs=20)
+    batcher = DynamicBatcher(scorer, options=options, clock=clock, on_success=overhead)
+    async with running(batcher):
+        await batcher.submit(pairs("first", 20), deadline=far())  # from idle: 100 pairs/s
+        assert batcher.throughput() == pytest.approx(100.0)
+        await batcher.submit(pairs("two", 40), deadline=far())
+    # "two": its first batch follows an idle worker (100/s); its second waited for the
+    # first's 0.2 s of overhead, 20 pairs in 0.4 s (50/s): the average moves 30 % of the way.
+    assert batcher.throughput() == pytest.approx(100.0 + 0.3 * (50.0 - 100.0))
 
 
 async def test_nearly_idle_queue_admits_oversized_request_and_pair_bound_applies_first() -> None:

@@ -27,7 +27,7 @@ from secondpass.errors import (
 from secondpass.pipeline.batcher import BatchingOptions
 from secondpass.pipeline.breaker import CircuitBreaker
 from secondpass.pipeline.cache import LRUScoreCache, RedisScoreCache, cache_keys
-from secondpass.pipeline.engine import BLANK_SCORE, ScoringEngine
+from secondpass.pipeline.engine import BLANK_SCORE, ScoringEngine, request_arrived
 from secondpass.pipeline.protocols import Scorer
 from secondpass.types import EMPTY_PASSAGE_RAW_SCORE, PassageScore
 
@@ -282,6 +282,17 @@ def test_a_deadline_that_passes_in_the_queue_drops_the_pairs(engines) -> None:
     blocker.join(5)
     engine.score_sync("after", [("", "", "x")])  # a later batch ran: the late pair was not in it
     assert all(q != "late" for batch in scorer.batches for q, _ in batch)
+
+
+def test_the_default_deadline_counts_from_the_requests_arrival(engines) -> None:
+    scorer = FakeScorer()
+    engine = engines(scorer=scorer, timeout_s=1.0)
+    # Arrived 2 s ago (its body was slow to come): its 1 s are spent before it is queued.
+    with request_arrived(time.monotonic() - 2.0), pytest.raises(ScoringDeadlineError):
+        engine.score_sync("late", [("", "", "never computed")])
+    with request_arrived(time.monotonic()):
+        assert len(engine.score_sync("fresh", [("", "", "computed")]).scores) == 1
+    assert [q for batch in scorer.batches for q, _ in batch] == ["fresh"]
 
 
 def test_a_batch_running_past_the_deadline_is_still_cached(engines) -> None:

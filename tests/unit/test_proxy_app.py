@@ -142,7 +142,9 @@ async def test_search_is_reranked_over_the_window_and_cut_to_the_page() -> None:
     upstream = Upstream()
     async with make_client(upstream) as client:
         response = await client.post(
-            "/docs/_search?typed_keys=true", json={**MATCH, "from": 2, "size": 3}
+            "/docs/_search?typed_keys=true",
+            json={**MATCH, "from": 2, "size": 3},
+            headers={"accept-encoding": "identity"},  # gzip: tests/unit/test_proxy_discovery.py
         )
     assert response.status_code == 200
     assert response.headers["x-secondpass-rerank"] == "ok"

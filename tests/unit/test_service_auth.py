@@ -35,7 +35,7 @@ from secondpass.service.settings import ServiceSettings, looks_like_path
 
 KEY = "k3y-for-tests-0123456789"
 OTHER = "another-client-key-9876543210"
-OPEN = {"/livez", "/readyz"}
+OPEN = {"/livez", "/readyz", "/health"}  # /health: TEI's probe
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 UNKNOWN = ["/", "/nope", "/v1/rerank/extra", "/readyz/../metrics", "/%6Detrics", "/livez/"]
 

@@ -18,8 +18,12 @@ from typing import Any, Literal
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
+from secondpass.commands._help import FIELD_HELP
+
 # Fixed arguments of every command: never settings.
-_NOT_SETTINGS = frozenset({"handler", "command", "verbose", "config"})
+_NOT_SETTINGS = frozenset(
+    {"handler", "command", "verbose", "quiet", "progress", "config", "log_format", "otlp_endpoint"}
+)  # the last two: process flags of serve and proxy (commands/_observability.py)
 
 
 def add_settings_flags(
@@ -71,7 +75,8 @@ def add_flag(group: Any, flag: str, dest: str, info: FieldInfo, env: str) -> Non
     default = info.get_default(call_default_factory=True)
     if isinstance(default, list):
         default = " ".join(str(v) for v in default)
-    help_text = (info.description or dest.replace("_", " ")).replace("%", "%%")
+    described = info.description or FIELD_HELP.get(dest) or dest.replace("_", " ")
+    help_text = described.replace("%", "%%")
     help_text += f" (default: {default}) [env {env}]"
     kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": help_text}
     origin = typing.get_origin(kind)

@@ -17,14 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from secondpass.commands._engine import (
-    add_engine_arguments,
-    engine_url,
-    make_connector,
-    note,
-    quiet_client_logs,
-    say,
-)
+from secondpass.commands import _engine
+from secondpass.commands._engine import note, say
 
 DEMO_INDEX = "secondpass-demo"
 SHOWN = 5
@@ -51,28 +45,35 @@ def sample_queries() -> list[SampleQuery]:
     from secondpass.datasets import sample_dataset
 
     dataset = sample_dataset()
-    return [SampleQuery(qid, text, tuple(dataset.qrels[qid])) for qid, text in dataset.queries.items()]
+    return [
+        SampleQuery(qid, text, tuple(dataset.qrels[qid])) for qid, text in dataset.queries.items()
+    ]
+
+
+_SUMMARY = "index a bundled sample corpus and show first-stage vs reranked hits"
+_DESCRIPTION = (
+    "Start a local engine (unless --url), index 300 SciFact abstracts shipped with "
+    "SecondPass, and show BM25 vs reranked top hits for 10 sample claims."
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``demo`` sub-command."""
-    parser = subparsers.add_parser(
-        "demo",
-        help="index a bundled sample corpus and show first-stage vs reranked hits",
-        description=(
-            "Start a local engine (unless --url), index 300 SciFact abstracts shipped with "
-            "SecondPass, and show BM25 vs reranked top hits for 10 sample claims."
-        ),
+    parser = _engine.add_engine_command(
+        subparsers, "demo", run, _SUMMARY, _DESCRIPTION, local_default=True
     )
-    add_engine_arguments(parser, local_default=True)
-    parser.add_argument("--model", default=None, help="cross-encoder id or directory (default: BAAI/bge-reranker-v2-m3)")
-    parser.add_argument("--window", type=int, default=50, help="first-stage hits to rerank (default: 50)")
-    parser.add_argument("--queries", type=int, default=None, metavar="N", help="only the first N sample queries")
-    parser.add_argument("--device", default=None, help="torch device (default: auto)")
+    _engine.add_model_arguments(parser, what="the reranker")
     parser.add_argument(
-        "--keep-index", action="store_true", help=f"with --url: keep the {DEMO_INDEX!r} index afterwards"
+        "--window", type=int, default=50, help="first-stage hits to rerank (default: 50)"
     )
-    parser.set_defaults(handler=run)
+    parser.add_argument(
+        "--queries", type=int, default=None, metavar="N", help="only the first N sample queries"
+    )
+    parser.add_argument(
+        "--keep-index",
+        action="store_true",
+        help=f"with --url: keep the {DEMO_INDEX!r} index afterwards",
+    )
 
 
 def _first_relevant(ids: Sequence[str], relevant: Sequence[str]) -> str:
@@ -98,7 +99,7 @@ def _title(hit: Any, width: int = 70) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns 0 when every query was reranked (status ok)."""
-    quiet_client_logs()
+    _engine.quiet_client_logs()
     import time
 
     from secondpass.errors import ConfigurationError
@@ -110,20 +111,30 @@ def run(args: argparse.Namespace) -> int:
     if args.window < 1:
         msg = f"--window must be >= 1, got {args.window}"
         raise ConfigurationError(msg)
+    if args.url is not None:
+        _engine.check_reachable(args.engine, args.url)  # before loading the model
     queries = sample_queries()[: args.queries]
     docs = sample_documents()
 
     load_started = time.perf_counter()
-    scorer, description = load_scorer(args.model, allow_fallback=True, device=args.device, notify=note)
+    scorer, description = load_scorer(
+        args.model, allow_fallback=True, device=args.device, notify=note
+    )
     say(f"scorer: {description} (loaded in {time.perf_counter() - load_started:.1f} s)")
 
     statuses: list[str] = []
     moves: dict[str, int] = {"up": 0, "down": 0, "unchanged": 0}
-    with engine_url(args.engine, args.url) as url:
-        connector = make_connector(args.engine, url, DEMO_INDEX)
+    with _engine.engine_url(args.engine, args.url) as url:
+        connector = _engine.make_connector(args.engine, url, DEMO_INDEX)
         created = False
         try:
-            report = index_documents(connector, docs, progress=True, total=len(docs), description="indexing sample corpus")
+            report = index_documents(
+                connector,
+                docs,
+                progress=args.progress,
+                total=len(docs),
+                description="indexing sample corpus",
+            )
             created = report.created
             say(f"index {DEMO_INDEX!r} on {args.engine}: {report.summary()}")
             stage = LexicalStage(connector)
@@ -153,11 +164,15 @@ def run(args: argparse.Namespace) -> int:
     return 0 if ok == len(statuses) else 1
 
 
-def _print_query(query: SampleQuery, hits: Sequence[Any], result: Any, first_ms: float, before: str, after: str) -> None:
+def _print_query(
+    query: SampleQuery, hits: Sequence[Any], result: Any, first_ms: float, before: str, after: str
+) -> None:
     timings = result.timings_ms
     say("")
     say(f"query {query.id}: {query.text}")
-    say(f"  relevant: {', '.join(query.relevant)}  (first relevant at rank {before} -> {after} after reranking)")
+    say(
+        f"  relevant: {', '.join(query.relevant)}  (first relevant at rank {before} -> {after} after reranking)"
+    )
     say(f"  first stage (BM25, {len(hits)} hits):")
     for hit in hits[:SHOWN]:
         mark = "*" if hit.id in query.relevant else " "
@@ -166,7 +181,9 @@ def _print_query(query: SampleQuery, hits: Sequence[Any], result: Any, first_ms:
     for ranked in result.hits[:SHOWN]:
         mark = "*" if ranked.hit.id in query.relevant else " "
         score = "   n/a " if ranked.score is None else f"{ranked.score:7.3f}"
-        say(f"   {mark}{ranked.rank:>3}. [{score} rerank, was #{ranked.hit.rank}] {ranked.hit.id:>9}  {_title(ranked.hit)}")
+        say(
+            f"   {mark}{ranked.rank:>3}. [{score} rerank, was #{ranked.hit.rank}] {ranked.hit.id:>9}  {_title(ranked.hit)}"
+        )
     status = result.status if result.reason is None else f"{result.status} ({result.reason})"
     say(
         f"  rerank status: {status}; timings: first stage {first_ms:.1f} ms, "

@@ -11,29 +11,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from secondpass.commands._engine import (
-    add_engine_arguments,
-    engine_url,
-    make_connector,
-    note,
-    quiet_client_logs,
-    say,
-    slug,
+from secondpass.commands import _engine
+from secondpass.commands._engine import note, say
+
+_SUMMARY = "nDCG@10 / MRR@10 / Recall@100 and latency of pipelines on a BEIR test set"
+_DESCRIPTION = (
+    "Evaluate retrieval pipelines on DATASET_DIR (BEIR layout). Pipelines: bm25, dense, "
+    "hybrid, bm25+rerank, hybrid+rerank. Writes report.json, <pipeline>.trec and metrics.png."
 )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``eval`` sub-command."""
-    parser = subparsers.add_parser(
-        "eval",
-        help="nDCG@10 / MRR@10 / Recall@100 and latency of pipelines on a BEIR test set",
-        description=(
-            "Evaluate retrieval pipelines on DATASET_DIR (BEIR layout). Pipelines: bm25, dense, "
-            "hybrid, bm25+rerank, hybrid+rerank. Writes report.json, <pipeline>.trec and metrics.png."
-        ),
+    parser = _engine.add_engine_command(
+        subparsers, "eval", run, _SUMMARY, _DESCRIPTION, local_default=True
     )
-    parser.add_argument("dataset", type=Path, metavar="DATASET_DIR", help="BEIR folder")
-    add_engine_arguments(parser, local_default=True)
+    _engine.add_dataset_argument(parser, "corpus.jsonl, queries.jsonl and qrels/<split>.tsv")
     parser.add_argument(
         "--pipeline",
         action="append",
@@ -41,31 +34,47 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         choices=("bm25", "dense", "hybrid", "bm25+rerank", "hybrid+rerank"),
         help="pipeline to evaluate (repeatable; default: bm25 and bm25+rerank)",
     )
-    parser.add_argument("--model", default=None, help="cross-encoder id or directory (default: BAAI/bge-reranker-v2-m3)")
     parser.add_argument(
         "--no-fallback",
         action="store_true",
         help="fail if the cross-encoder cannot be loaded instead of using the packaged bi-encoder",
     )
     parser.add_argument(
-        "--encoder", default=None, help="dense encoder for dense/hybrid (default: packaged all-MiniLM-L6-v2)"
+        "--encoder",
+        default=None,
+        help="dense encoder for dense/hybrid (default: packaged all-MiniLM-L6-v2)",
     )
     parser.add_argument(
         "--window", type=int, action="append", dest="windows", metavar="N",
         help="rerank window (repeatable: one run per window; default: 100)",
     )  # fmt: skip
-    parser.add_argument("--baseline", default=None, help="pipeline label to compare against (default: the first)")
-    parser.add_argument("--limit-queries", type=int, default=None, metavar="N", help="evaluate only the first N queries")
-    parser.add_argument("--index", default=None, help="index name (default: derived from the dataset)")
-    parser.add_argument("--split", default="test", help="qrels split (default: test)")
-    parser.add_argument("--device", default=None, help="torch device for the models (default: auto)")
-    parser.add_argument("--out", type=Path, required=True, help="directory for the report, run files and plot")
-    parser.set_defaults(handler=run)
+    parser.add_argument(
+        "--baseline", default=None, help="pipeline label to compare against (default: the first)"
+    )
+    parser.add_argument(
+        "--limit-queries",
+        type=int,
+        default=None,
+        metavar="N",
+        help="evaluate only the first N queries",
+    )
+    parser.add_argument(
+        "--index",
+        default=None,
+        help="index to search, created when missing (default: derived from the dataset)",
+    )
+    parser.add_argument(
+        "--split", default="test", help="which qrels/<split>.tsv judges the queries (default: test)"
+    )
+    _engine.add_model_arguments(parser, what="the reranker and the encoder")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="directory for the report, run files and plot"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Index if needed, evaluate, write the outputs and print a table."""
-    quiet_client_logs()
+    _engine.quiet_client_logs()
     from secondpass.datasets import load_beir
     from secondpass.errors import ConfigurationError
     from secondpass.evaluation import (
@@ -78,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     from secondpass.indexing import index_documents
 
     dataset = load_beir(args.dataset, split=args.split)
+    if args.url is not None:
+        _engine.check_reachable(args.engine, args.url)  # before loading any model
     specs = parse_pipelines(args.pipelines or ["bm25", "bm25+rerank"], args.windows or [100])
     query_ids = list(dataset.queries)
     if args.limit_queries is not None:
@@ -105,25 +116,25 @@ def run(args: argparse.Namespace) -> int:
             args.model, allow_fallback=not args.no_fallback, device=args.device, notify=note
         )
         say(f"scorer: {scorer_name}")
-    index = args.index or "secondpass-eval-" + slug(dataset.name) + (
-        f"-{slug(encoder.name)}" if encoder is not None else ""
+    index = args.index or "secondpass-eval-" + _engine.slug(dataset.name) + (
+        f"-{_engine.slug(encoder.name)}" if encoder is not None else ""
     )
 
-    with engine_url(args.engine, args.url) as url:
-        connector = make_connector(args.engine, url, index)
+    with _engine.engine_url(args.engine, args.url) as url:
+        connector = _engine.make_connector(args.engine, url, index)
         try:
             indexed = index_documents(
                 connector,
                 dataset.iter_corpus(),
                 encoder=encoder,
-                progress=True,
+                progress=args.progress,
                 total=dataset.corpus_size(),
                 description=f"indexing {index}",
             )
             say(f"{index}: {indexed.summary()}")
             runs = run_pipelines(
                 dataset, connector, specs, encoder=encoder, scorer=scorer,
-                query_ids=query_ids, progress=True,
+                query_ids=query_ids, progress=args.progress,
             )  # fmt: skip
         finally:
             connector.close()
@@ -138,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
     for entry_label, entry in report.pipelines.items():
         degraded = {k: v for k, v in entry["rerank_status"].items() if k != "ok"}
         if degraded:
-            note(f"{entry_label}: rerank degraded on some queries {degraded}: {entry['rerank_reasons']}")
+            note(
+                f"{entry_label}: rerank degraded on some queries {degraded}: {entry['rerank_reasons']}"
+            )
     say(f"wrote {paths['report']}, {paths['plot']} and {len(runs)} run file(s) to {args.out}")
     return 0

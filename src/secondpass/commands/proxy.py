@@ -18,6 +18,8 @@ import argparse
 from typing import Any
 
 from secondpass.commands._flags import add_settings_flags, flag_overrides
+from secondpass.commands._observability import add_observability_flags
+from secondpass.commands._serving import add_server_parser, run_server
 
 _AREAS = {"rerank": "SECONDPASS_RERANK_", "cache": "SECONDPASS_CACHE_"}
 # indices: --index/--index-template; client_api_keys: secrets get no flag (a list
@@ -29,9 +31,10 @@ def register(subparsers: Any) -> None:
     """Add the ``proxy`` sub-command."""
     from secondpass.proxy.settings import CONFIG_FILE_ENV, ProxySettings
 
-    parser = subparsers.add_parser(
+    parser = add_server_parser(
+        subparsers,
         "proxy",
-        help="run a drop-in Elasticsearch/OpenSearch proxy that reranks _search",
+        summary="run a drop-in Elasticsearch/OpenSearch proxy that reranks _search",
         description=(
             "Listen like a cluster, forward everything to --upstream, rerank search "
             "answers on the way back. Precedence: flags > SECONDPASS_PROXY_* variables > "
@@ -41,12 +44,8 @@ def register(subparsers: Any) -> None:
             "Example: secondpass proxy --upstream http://127.0.0.1:9200 --listen 127.0.0.1:9201 "
             "--index docs=title,body --index-template 'docs={title}: {body}'"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        config_env=CONFIG_FILE_ENV,
     )
-    parser.add_argument(
-        "--config", metavar="FILE", default=None,
-        help=f"settings file (.toml, .json or .yaml) [env {CONFIG_FILE_ENV}]",
-    )  # fmt: skip
     parser.add_argument(
         "--index", dest="index_fields", action="append", default=[], metavar="NAME=FIELDS",
         help="passage fields of an index, alias or pattern, comma-separated (repeatable)",
@@ -64,6 +63,7 @@ def register(subparsers: Any) -> None:
         areas=_AREAS,
         skip=_SPECIAL,
     )
+    add_observability_flags(parser)
     parser.set_defaults(handler=_run)
 
 
@@ -110,4 +110,4 @@ def _run(args: argparse.Namespace) -> int:
     settings = ProxySettings.load(args.config, **overrides_from_args(args))
     register_secrets_from(settings)  # every secret of the settings is redacted from logs
     settings.access_gate()  # refuse unsafe lending before the slow model load
-    return run(settings)
+    return run_server(args, settings, port_flag="--listen", service_name="secondpass-proxy", run=run)

@@ -13,6 +13,8 @@ import argparse
 from typing import Any
 
 from secondpass.commands._flags import add_settings_flags, flag_overrides
+from secondpass.commands._observability import add_observability_flags
+from secondpass.commands._serving import add_server_parser, run_server
 
 _AREAS = {
     "rerank": "SECONDPASS_RERANK_",
@@ -25,9 +27,10 @@ def register(subparsers: Any) -> None:
     """Add the ``serve`` sub-command (settings imported lazily would need the classes now)."""
     from secondpass.service.settings import CONFIG_FILE_ENV, ServiceSettings
 
-    parser = subparsers.add_parser(
+    parser = add_server_parser(
+        subparsers,
         "serve",
-        help="run the HTTP service (Cohere/TEI rerank, /v1/search, /metrics)",
+        summary="run the HTTP service (Cohere/TEI rerank, /v1/search, /metrics)",
         description=(
             "Run the SecondPass HTTP service. Precedence: flags > SECONDPASS_SERVICE_* "
             "variables > config file > each area's own variables > defaults."
@@ -38,13 +41,7 @@ def register(subparsers: Any) -> None:
             "SECONDPASS_CACHE_REDIS_PASSWORD (or the SECONDPASS_SERVICE_<AREA>__<NAME> forms) "
             "or put them in the config file."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        default=None,
-        help=f"settings file (.toml, .json or .yaml) [env {CONFIG_FILE_ENV}]",
+        config_env=CONFIG_FILE_ENV,
     )
     add_settings_flags(
         parser,
@@ -54,6 +51,7 @@ def register(subparsers: Any) -> None:
         areas=_AREAS,
         skip=("api_keys",),  # secrets: environment or config file only
     )
+    add_observability_flags(parser)
     parser.set_defaults(handler=_run)
 
 
@@ -64,4 +62,4 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = ServiceSettings.load(args.config, **flag_overrides(args))
     register_secrets_from(settings)  # every secret of the settings is redacted from logs
-    return serve(settings)
+    return run_server(args, settings, port_flag="--port", service_name="secondpass-serve", run=serve)

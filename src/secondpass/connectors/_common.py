@@ -288,6 +288,16 @@ class _ConnectorCore(Generic[ClientT]):
             timeout_s=server_s,
         )
 
+    def _search_attempt(self, request: SearchRequest) -> Callable[[float], Any]:
+        """One search attempt given its timeout: what the sync and async ``search`` retry.
+
+        The client is taken once, so every attempt of one search uses the same one.
+        """
+        client = self._client_now()
+        return lambda timeout_s: self._api(client, timeout_s).search(
+            index=self._index_param, body=self._search_body(request, timeout_s)
+        )
+
     def _hits(self, response: Any) -> list[Hit]:
         return hits_from_response(_plain(response), self.text_fields)
 
@@ -345,11 +355,8 @@ class SyncConnector(_ConnectorCore[ClientT]):
         timeout and the engine's search ``timeout`` are the time left, and
         :class:`~secondpass.errors.SearchDeadlineError` is raised when it runs out.
         """
-        client = self._client_now()
         response = self.retry.call(
-            lambda timeout_s: self._api(client, timeout_s).search(
-                index=self._index_param, body=self._search_body(request, timeout_s)
-            ),
+            self._search_attempt(request),
             what=self._what("search"),
             translate=self._translate,
             deadline=request.deadline,
@@ -496,11 +503,8 @@ class AsyncConnector(_ConnectorCore[ClientT]):
         clients close that connection rather than return it to the pool, so a
         paused engine is not left holding connections for callers that left.
         """
-        client = self._client_now()
         response = await self.retry.acall(
-            lambda timeout_s: self._api(client, timeout_s).search(
-                index=self._index_param, body=self._search_body(request, timeout_s)
-            ),
+            self._search_attempt(request),
             what=self._what("search"),
             translate=self._translate,
             deadline=request.deadline,

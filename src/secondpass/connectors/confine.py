@@ -141,12 +141,13 @@ class _Walk:
             self.refuse(path, f"more than {self.c.max_clauses} query clauses in one request")
         if depth > self.c.max_depth:
             self.refuse(path, f"query clauses nested deeper than {self.c.max_depth}")
-        if not isinstance(node, Mapping):
-            self.refuse(path, f"a query clause must be an object, got {_kind(node)}")
-        if len(node) != 1:
-            self.refuse(path, f"a query clause must have exactly one key (its name), got {len(node)}")
-        ((name, spec),) = node.items()
-        here = _key_path(path, name)
+        name, spec, here = _single_entry(
+            self,
+            node,
+            path,
+            "a query clause must be an object, got {kind}",
+            "a query clause must have exactly one key (its name), got {count}",
+        )
         check = _CLAUSES.get(name) if isinstance(name, str) else None
         if check is None:
             why = _CLAUSE_WHY.get(name) if isinstance(name, str) else None
@@ -279,13 +280,21 @@ def _one_query(w: _Walk, value: Any, path: str, depth: int) -> None:
     w.query(value, path, depth + 1)
 
 
-def _queries(w: _Walk, value: Any, path: str, depth: int) -> None:
-    """A clause or a list of clauses (``bool.must``, ``knn.filter``)."""
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            w.query(item, f"{path}[{i}]", depth + 1)
-    else:
-        w.query(value, path, depth + 1)
+def _one_or_list(check: Check) -> Check:
+    """``check`` for an option that takes one value or a list of them, each item at its index."""
+
+    def each(w: _Walk, value: Any, path: str, depth: int) -> None:
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                check(w, item, f"{path}[{i}]", depth)
+        else:
+            check(w, value, path, depth)
+
+    return each
+
+
+_queries = _one_or_list(_one_query)
+"""A clause or a list of clauses (``bool.must``, ``knn.filter``)."""
 
 
 def _query_list(w: _Walk, value: Any, path: str, depth: int) -> None:
@@ -319,6 +328,23 @@ def _options(
             w.refuse(path, f"{_shown(key)} is required")
 
 
+def _single_entry(
+    w: _Walk, spec: Any, path: str, not_object: str, not_one: str | None = None
+) -> tuple[Any, Any, str]:
+    """The one ``{name: value}`` entry of an object that must have exactly one, and its path.
+
+    The client is told ``not_object`` when ``spec`` is no object and ``not_one``
+    (by default the same) when it names none or several; ``{kind}`` and
+    ``{count}`` in them become what was sent.
+    """
+    if not isinstance(spec, Mapping):
+        w.refuse(path, not_object.format(kind=_kind(spec)))
+    if len(spec) != 1:
+        w.refuse(path, (not_object if not_one is None else not_one).format(count=len(spec)))
+    ((name, value),) = spec.items()
+    return name, value, _key_path(path, name)
+
+
 def _object(allowed: Options, *, required: Sequence[str] = ()) -> Check:
     table = {**_NAMED, **allowed}
 
@@ -333,12 +359,13 @@ def _per_field(value_key: str, allowed: Options, *, short: bool) -> Check:
     table = {**_NAMED, value_key: _scalar, **allowed}
 
     def check(w: _Walk, spec: Any, path: str, depth: int) -> None:
-        if not isinstance(spec, Mapping):
-            w.refuse(path, f"must be an object naming one field, got {_kind(spec)}")
-        if len(spec) != 1:
-            w.refuse(path, f"must name exactly one field, got {len(spec)} keys")
-        ((name, value),) = spec.items()
-        here = _key_path(path, name)
+        name, value, here = _single_entry(
+            w,
+            spec,
+            path,
+            "must be an object naming one field, got {kind}",
+            "must name exactly one field, got {count} keys",
+        )
         w.field(name, here)
         if short and not isinstance(value, Mapping):
             _scalar(w, value, here, depth)
@@ -359,10 +386,7 @@ def _range(w: _Walk, spec: Any, path: str, depth: int) -> None:
         "time_zone": _text,
         "relation": _text,
     }
-    if not isinstance(spec, Mapping) or len(spec) != 1:
-        w.refuse(path, "must be an object naming exactly one field")
-    ((name, value),) = spec.items()
-    here = _key_path(path, name)
+    name, value, here = _single_entry(w, spec, path, "must be an object naming exactly one field")
     w.field(name, here)
     _options(w, value, here, depth, bounds)
 
@@ -399,10 +423,9 @@ def _knn(w: _Walk, spec: Any, path: str, depth: int) -> None:
         "boost": _number,
         "method_parameters": _int_options,
     }
-    if not isinstance(spec, Mapping) or len(spec) != 1:
-        w.refuse(path, "must be an object naming exactly one vector field")
-    ((name, value),) = spec.items()
-    here = _key_path(path, name)
+    name, value, here = _single_entry(
+        w, spec, path, "must be an object naming exactly one vector field"
+    )
     _vector_field(w, name, here, depth)
     _options(w, value, here, depth, opensearch, ("vector",))
 
@@ -508,22 +531,13 @@ def _sort_one(w: _Walk, item: Any, path: str, depth: int) -> None:
     if isinstance(item, str):
         _sort_key(w, item, path)
         return
-    if not isinstance(item, Mapping) or len(item) != 1:
-        w.refuse(path, "a sort must be a field name or an object naming exactly one field")
-    ((name, how),) = item.items()
-    here = _key_path(path, name)
+    name, how, here = _single_entry(
+        w, item, path, "a sort must be a field name or an object naming exactly one field"
+    )
     _sort_key(w, name, here)
     if isinstance(how, str):
         return
     _options(w, how, here, depth, _SORT_OPTIONS)
-
-
-def _sort(w: _Walk, value: Any, path: str, depth: int) -> None:
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            _sort_one(w, item, f"{path}[{i}]", depth)
-    else:
-        _sort_one(w, value, path, depth)
 
 
 def _hits_total(w: _Walk, value: Any, path: str, depth: int) -> None:
@@ -531,21 +545,13 @@ def _hits_total(w: _Walk, value: Any, path: str, depth: int) -> None:
         _count(w, value, path, depth)
 
 
-def _top_knn(w: _Walk, value: Any, path: str, depth: int) -> None:
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            _ES_KNN(w, item, f"{path}[{i}]", depth)
-    else:
-        _ES_KNN(w, value, path, depth)
-
-
 _BODY: Options = {
     "query": _one_query,
     "post_filter": _one_query,
-    "knn": _top_knn,
+    "knn": _one_or_list(_ES_KNN),
     "size": _count,
     "from": _count,
-    "sort": _sort,
+    "sort": _one_or_list(_sort_one),
     "track_total_hits": _hits_total,
     "track_scores": _flag,
     "min_score": _number,

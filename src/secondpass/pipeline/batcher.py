@@ -7,7 +7,8 @@ is written for overload, not just for throughput:
 
 * **Admission in time.** The worker measures its throughput (estimated tokens
   per second, an average weighted towards full batches; batches less than a
-  quarter full are not measured). A caller whose
+  quarter full are not measured), from the end of the previous batch while
+  work was waiting, so the overhead between batches under load counts. A caller whose
   estimated finish time, counting the work it will share batches with, is past
   its deadline (or past ``max_queue_s``) is refused at once with
   :class:`~secondpass.errors.OverloadedError` and a ``retry_after_s``, before it
@@ -236,6 +237,9 @@ class DynamicBatcher:
         self._queued_pairs = 0
         self._queued_cost = 0
         self._running: _Running | None = None
+        # When the last batch ended, while the worker has stayed busy since (None
+        # once it idles): the next batch's throughput is measured from here.
+        self._busy_since: float | None = None
         self._tokens_per_s: float | None = None
         self._pairs_per_s: float | None = None
         self._wakeup = asyncio.Event()
@@ -272,13 +276,17 @@ class DynamicBatcher:
         *,
         deadline: float,
         client_deadline: bool = False,
+        arrived: float | None = None,
     ) -> list[PassageScore]:
         """Score ``pairs`` (in input order) in shared batches.
 
         ``deadline`` is absolute (``time.monotonic()`` seconds): the pairs must be
         computed by then or are dropped. ``client_deadline`` says whose deadline
         it is, which the service turns into 408 (the caller's) or 503 (its own).
-        Cancelling the awaiting task removes the pending pairs at once.
+        ``arrived`` is when the request reached the front-end (default: now);
+        ``max_queue_s`` counts from then, so the time a request spent being read
+        and parsed, or waiting for a busy event loop, is part of what admission
+        promises. Cancelling the awaiting task removes the pending pairs at once.
 
         Raises:
             OverloadedError: refused at once; the queue cannot take the work in time.
@@ -303,15 +311,17 @@ class DynamicBatcher:
             raise ScoringDeadlineError(
                 msg, client_deadline=client_deadline, retry_after_s=self._retry_after_s
             )
+        arrived = now if arrived is None else min(arrived, now)
+        limit = self._limit(deadline, arrived)
         costs = [estimate_tokens(q, p) for q, p in pairs]
-        self._admit(len(pairs), sum(costs), deadline, now)
+        self._admit(len(pairs), sum(costs), limit, now)
         loop = asyncio.get_running_loop()
         job = _Job(
             pairs=pairs,
             costs=costs,
             future=loop.create_future(),
             deadline=deadline,
-            limit=self._limit(deadline, now),
+            limit=limit,
             client_deadline=client_deadline,
             enqueued=now,
             results=[None] * len(pairs),
@@ -334,8 +344,8 @@ class DynamicBatcher:
 
     # ------------------------------------------------------------- admission
 
-    def _admit(self, n: int, cost: int, deadline: float, now: float) -> None:
-        """Refuse at once (OverloadedError) when the work cannot finish in time.
+    def _admit(self, n: int, cost: int, limit: float, now: float) -> None:
+        """Refuse at once (OverloadedError) when the work cannot finish by ``limit``.
 
         Estimates follow the round-robin schedule (processor sharing): while
         a caller's ``r`` pending pairs are scored, each other caller gets at
@@ -357,7 +367,7 @@ class DynamicBatcher:
         if self._tokens_per_s is None:
             return  # nothing measured yet: the pair bound alone decides
         rate = self._tokens_per_s * _ADMISSION_RATE_SHARE
-        budget = self._limit(deadline, now) - now
+        budget = limit - now
         if idle and cost / rate > budget:
             return  # too long on its own: nothing but an idle queue would ever take it
         running = self._running_left(now, rate)
@@ -413,11 +423,11 @@ class DynamicBatcher:
         msg = f"{reason}; retry in {retry:.0f} s"
         raise OverloadedError(msg, retry_after_s=retry)
 
-    def _limit(self, deadline: float, now: float) -> float:
-        """When a caller admitted ``now`` must be done: its deadline, or sooner by max_queue_s."""
+    def _limit(self, deadline: float, arrived: float) -> float:
+        """When a caller that ``arrived`` then must be done: its deadline, or sooner by max_queue_s."""
         if self.max_queue_s is None:
             return deadline
-        return min(deadline, now + self.max_queue_s)
+        return min(deadline, arrived + self.max_queue_s)
 
     def _running_left(self, now: float, rate: float) -> float:
         if self._running is None:
@@ -467,6 +477,7 @@ class DynamicBatcher:
             if not self._jobs:
                 if self._closing:
                     return
+                self._busy_since = None  # idle: the wait ahead is not the model's cost
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -565,6 +576,7 @@ class DynamicBatcher:
                 self._observer.model_failed()
             if self._on_failure is not None:
                 self._on_failure(exc)
+            self._busy_since = None
             error = exc if isinstance(exc, RerankError) else RerankError("the forward pass failed")
             if error is not exc:
                 error.__cause__ = exc
@@ -575,8 +587,15 @@ class DynamicBatcher:
             return
         finally:
             self._running = None
-        seconds = self._clock() - started
-        self._measure(len(pairs), cost, seconds)
+        done = self._clock()
+        seconds = done - started
+        # Measured from the end of the previous batch when work was waiting since:
+        # the time to form a batch and to get the model thread, the event loop and
+        # the CPU back under load is part of what admission must plan with.
+        self._measure(
+            len(pairs), cost, done - (started if self._busy_since is None else self._busy_since)
+        )
+        self._busy_since = done
         if self._on_success is not None:
             self._on_success()
         if self._observer is not None:

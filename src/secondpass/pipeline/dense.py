@@ -26,6 +26,7 @@ from secondpass.errors import (
     ModelLoadError,
     RerankError,
 )
+from secondpass.pipeline.protocols import Scorer
 from secondpass.types import EMPTY_PASSAGE_RAW_SCORE, PassageScore
 
 if TYPE_CHECKING:
@@ -196,7 +197,7 @@ class SentenceTransformerEncoder:
         return [len(ids) for ids in encoded]
 
 
-class BiEncoderScorer:
+class BiEncoderScorer(Scorer):
     """A :class:`~secondpass.pipeline.protocols.Scorer` using a bi-encoder's cosine similarity.
 
     ``raw`` is the cosine similarity in [-1, 1]; ``normalized`` maps it to [0, 1]
@@ -229,16 +230,6 @@ class BiEncoderScorer:
     def warm_up(self) -> None:
         """Load the model now."""
         self.encoder.warm_up()
-
-    def score(
-        self,
-        query: str,
-        passages: Sequence[str],
-        *,
-        timings: dict[str, float] | None = None,
-    ) -> list[PassageScore]:
-        """Score passages against one query, in input order."""
-        return self.score_pairs([(query, p) for p in passages], timings=timings)
 
     def score_pairs(
         self,

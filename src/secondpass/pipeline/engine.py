@@ -5,7 +5,8 @@ service's rerank and search routes and the ``_search`` proxy all score through a
 :class:`ScoringEngine`, so a change to how a passage is scored is made here once:
 
 * **one cache lookup and one write-back per request.** Keys are
-  :func:`~secondpass.pipeline.cache.cache_keys` of (scorer fingerprint, query,
+  :func:`~secondpass.pipeline.cache.cache_keys` of (scorer fingerprint plus the
+  request's :class:`~secondpass.pipeline.truncation.Truncation`, query,
   ``(index, id, text)``); only keys that were asked for are trusted, and a cache
   that raises counts as all misses;
 * **blank passages** (empty or whitespace only) get :data:`BLANK_SCORE` here and
@@ -51,11 +52,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,16 +70,18 @@ from secondpass.errors import (
     ScoringDeadlineError,
     ScoringUnavailableError,
 )
+from secondpass.observability import tracing
 from secondpass.pipeline.batcher import BatchingOptions, BatchObserver, DynamicBatcher
 from secondpass.pipeline.breaker import CircuitBreaker
 from secondpass.pipeline.cache import LRUScoreCache, NullScoreCache, cache_keys
 from secondpass.pipeline.passages import is_blank
 from secondpass.pipeline.protocols import ScoreCache, Scorer
+from secondpass.pipeline.truncation import NO_TRUNCATION, TruncatingScorer, Truncation
 from secondpass.types import EMPTY_PASSAGE_RAW_SCORE, PassageScore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BLANK_SCORE", "EngineResult", "ScoringEngine"]
+__all__ = ["BLANK_SCORE", "EngineResult", "ScoringEngine", "request_arrived"]
 
 BLANK_SCORE = PassageScore(raw=EMPTY_PASSAGE_RAW_SCORE, normalized=0.0, chunks=0)
 """The score of a blank passage: ranks last, normalised 0.0, no chunk was scored."""
@@ -87,6 +91,34 @@ _NO_DEADLINE_S = 365 * 24 * 3600.0  # "no deadline" for the batcher, which needs
 
 Item = tuple[str, str, str]
 """``(index, document id, exact passage text)``; the rerank routes use ``("", "", text)``."""
+
+_arrived: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "secondpass_request_arrived", default=None
+)
+
+
+@contextlib.contextmanager
+def request_arrived(at: float) -> Iterator[None]:
+    """Date the requests scored in this context from ``at`` (``time.monotonic()`` seconds).
+
+    Why: a request's time limits must count from when it reached the
+    front-end, not from when it reached the engine; under load, reading and
+    parsing its body on a busy event loop can take a good part of them. A
+    front-end wraps the handling of one request in this (the service's input
+    middleware does, on arrival); :meth:`ScoringEngine.score` then counts
+    ``timeout_s``, and the batcher its ``max_queue_s``, from ``at``. Without
+    it both count from the call.
+
+    Example:
+        >>> with request_arrived(time.monotonic() - 1.0):
+        ...     round(time.monotonic() - _arrived.get())
+        1
+    """
+    token = _arrived.set(at)
+    try:
+        yield
+    finally:
+        _arrived.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +156,13 @@ class _Request:
     is called (from the model thread) when the last such batch finishes.
     """
 
-    __slots__ = ("batch_s", "done", "late", "lock", "model_ms", "running", "started", "tokenize_ms")
+    __slots__ = (
+        "batch_s", "batches", "done", "late", "lock", "model_ms", "running", "started",
+        "tokenize_ms", "truncation",
+    )  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, truncation: Truncation = NO_TRUNCATION) -> None:
+        self.truncation = truncation  # how this request's passages are cut, in every batch
         self.lock = threading.Lock()
         self.running = 0
         self.started = False
@@ -135,6 +171,9 @@ class _Request:
         self.batch_s = 0.0
         self.tokenize_ms = 0.0
         self.model_ms = 0.0
+        # (start, end wall ns, pairs in the batch) per batch that held its pairs; only
+        # filled while tracing, for the request's queue-wait and model spans
+        self.batches: list[tuple[int, int, int]] | None = [] if tracing.enabled() else None
 
 
 class _Pair(tuple[str, str]):
@@ -180,10 +219,17 @@ class _AttributingScorer:
                 request.started = True
         local: dict[str, float] = {}
         started = time.perf_counter()
+        started_ns = tracing.now_ns() if tracing.enabled() else 0
         scores: list[PassageScore] = []
         self.busy += 1
+        plain = [(q, p) for q, p in pairs]
+        cuts = [p.request.truncation if isinstance(p, _Pair) else NO_TRUNCATION for p in pairs]
         try:
-            scores = self._scorer.score_pairs([(q, p) for q, p in pairs], timings=local)
+            if any(not cut.is_default for cut in cuts):
+                assert isinstance(self._scorer, TruncatingScorer)  # checked when submitted
+                scores = self._scorer.score_truncated(plain, cuts, timings=local)
+            else:
+                scores = self._scorer.score_pairs(plain, timings=local)
         finally:
             self.busy -= 1
             elapsed = time.perf_counter() - started
@@ -197,6 +243,8 @@ class _AttributingScorer:
                     request.batch_s += elapsed
                     request.tokenize_ms += local.get("tokenize_ms", 0.0)
                     request.model_ms += local.get("model_ms", 0.0)
+                    if request.batches is not None and started_ns:
+                        request.batches.append((started_ns, tracing.now_ns(), len(pairs)))
                     late = request.late if request.running == 0 else None
                 if late is not None:
                     late()
@@ -282,13 +330,18 @@ class ScoringEngine:
         *,
         deadline: float | None = None,
         client_deadline: bool = False,
+        truncation: Truncation | None = None,
     ) -> EngineResult:
         """Score ``(index, id, text)`` items against ``query``; scores in input order.
 
-        ``deadline`` is absolute, in ``time.monotonic()`` seconds (default: now +
-        ``timeout_s``); ``client_deadline`` says it is the client's own, which
+        ``deadline`` is absolute, in ``time.monotonic()`` seconds (default:
+        ``timeout_s`` after the request arrived, see :func:`request_arrived`, or
+        after now); ``client_deadline`` says it is the client's own, which
         :class:`~secondpass.errors.ScoringDeadlineError` reports. Cancelling the
-        awaiting task drops this request's queued pairs.
+        awaiting task drops this request's queued pairs. ``truncation`` cuts
+        this request's passages before scoring (the scorer must be a
+        :class:`~secondpass.pipeline.truncation.TruncatingScorer`); the cache
+        keys name it, so differently cut passages never share a score.
 
         Raises:
             CircuitOpenError: the breaker is open; nothing was tried.
@@ -299,7 +352,7 @@ class ScoringEngine:
         """
         if all(is_blank(text) for _, _, text in items):
             return _all_blank(len(items))  # nothing for the model: no thread hop
-        future = self._submit(query, items, deadline, client_deadline)
+        future = self._submit(query, items, deadline, client_deadline, truncation)
         return await asyncio.wrap_future(future)
 
     def score_sync(
@@ -309,6 +362,7 @@ class ScoringEngine:
         *,
         deadline: float | None = None,
         client_deadline: bool = False,
+        truncation: Truncation | None = None,
     ) -> EngineResult:
         """:meth:`score` for callers without an event loop; blocks this thread, shares the queue."""
         if all(is_blank(text) for _, _, text in items):
@@ -316,7 +370,7 @@ class ScoringEngine:
         if threading.current_thread() is self._thread:
             msg = "score_sync was called on the engine's own thread; await score() there"
             raise ConfigurationError(msg)
-        future = self._submit(query, items, deadline, client_deadline)
+        future = self._submit(query, items, deadline, client_deadline, truncation)
         try:
             return future.result()
         except BaseException:
@@ -396,38 +450,65 @@ class ScoringEngine:
                 await task
 
     def _submit(
-        self, query: str, items: Sequence[Item], deadline: float | None, client_deadline: bool
+        self,
+        query: str,
+        items: Sequence[Item],
+        deadline: float | None,
+        client_deadline: bool,
+        truncation: Truncation | None,
     ) -> Future[EngineResult]:
+        truncation = NO_TRUNCATION if truncation is None else truncation
+        if not truncation.is_default and not isinstance(self.scorer, TruncatingScorer):
+            msg = f"{type(self.scorer).__name__} cannot truncate passages per request"
+            raise ConfigurationError(msg)
         loop = self._ensure_loop()
+        arrived = _arrived.get()  # read here, in the caller's context, not on the engine's loop
         if deadline is None and self.timeout_s is not None:
-            deadline = time.monotonic() + self.timeout_s
-        coro = self._score(query, tuple(items), deadline, client_deadline)
+            deadline = (time.monotonic() if arrived is None else arrived) + self.timeout_s
+        coro = self._score(
+            query, tuple(items), deadline, client_deadline, truncation, arrived=arrived
+        )
+        parent = tracing.current_context()  # the caller's span, carried to the engine's loop
+        if parent is not None:
+            coro = _traced(parent, coro, len(items))
         return asyncio.run_coroutine_threadsafe(coro, loop)
 
     # ------------------------------------------------------------------ the request path
 
     async def _score(
-        self, query: str, items: tuple[Item, ...], deadline: float | None, client_deadline: bool
+        self,
+        query: str,
+        items: tuple[Item, ...],
+        deadline: float | None,
+        client_deadline: bool,
+        truncation: Truncation,
+        *,
+        arrived: float | None = None,
     ) -> EngineResult:
         """Runs on the engine's loop: breaker, cache lookup, batcher, write-back."""
         live = [i for i, (_, _, text) in enumerate(items) if not is_blank(text)]
         if not live:
             return _all_blank(len(items))
         self._check_breaker()
+        if not truncation.is_default:
+            assert isinstance(self.scorer, TruncatingScorer)  # checked in _submit
+            # In a thread: it may need the model's window, which may mean loading it.
+            truncation = await asyncio.to_thread(self.scorer.effective_truncation, truncation)
+        fingerprint = self.scorer.fingerprint + truncation.key()
         cache = None if isinstance(self.cache, NullScoreCache) else self.cache
         keys: dict[int, str] = {}
         found: dict[str, PassageScore] = {}
         cache_s = 0.0
         if cache is not None:
             keys = dict(
-                zip(live, cache_keys(self.scorer.fingerprint, query, (items[i] for i in live)), strict=True)
+                zip(live, cache_keys(fingerprint, query, (items[i] for i in live)), strict=True)
             )
             started = time.perf_counter()
             found = await self._lookup(cache, list(dict.fromkeys(keys.values())))
             cache_s += time.perf_counter() - started
         # Distinct texts the model must score (same query, same text: same score).
         todo = list(dict.fromkeys(items[i][2] for i in live if keys.get(i) not in found))
-        request = _Request()
+        request = _Request(truncation)
         fresh: dict[str, PassageScore] = {}
         scoring_s = 0.0
         if todo:
@@ -438,8 +519,13 @@ class ScoringEngine:
                 if cache is not None:
                     await self._store(cache, _writes(keys, items, scores))
 
-            scores = await self._await_batch(pairs, deadline, client_deadline, request, write_back)
+            submitted_ns = tracing.now_ns() if request.batches is not None else 0
+            scores = await self._await_batch(
+                pairs, deadline, client_deadline, request, write_back, arrived=arrived
+            )
             scoring_s = time.perf_counter() - started
+            if request.batches:
+                _record_batches(submitted_ns, request.batches)
             fresh = dict(zip(todo, scores, strict=True))
             started = time.perf_counter()
             await write_back(fresh)
@@ -481,6 +567,8 @@ class ScoringEngine:
         client_deadline: bool,
         request: _Request,
         write_back: Callable[[Mapping[str, PassageScore]], Any],
+        *,
+        arrived: float | None = None,
     ) -> list[PassageScore]:
         """The batcher's answer for ``pairs``, or a typed error.
 
@@ -494,6 +582,7 @@ class ScoringEngine:
                 pairs,
                 deadline=time.monotonic() + _NO_DEADLINE_S if deadline is None else deadline,
                 client_deadline=client_deadline,
+                arrived=arrived,
             )
         except asyncio.CancelledError:
             self._abandon(request, write_back)
@@ -569,7 +658,8 @@ class ScoringEngine:
 
     async def _lookup(self, cache: ScoreCache, keys: list[str]) -> dict[str, PassageScore]:
         try:
-            found = await _call(cache, cache.get_many, keys)
+            with tracing.span("secondpass.cache", {"secondpass.cache.op": "lookup"}):
+                found = await _call(cache, cache.get_many, keys)
         except Exception as exc:  # a cache fault is a miss, whatever the implementation
             logger.warning(
                 "score cache %s raised %s on lookup; scoring without it",
@@ -584,13 +674,32 @@ class ScoringEngine:
         if not writes:
             return
         try:
-            await _call(cache, cache.set_many, writes)
+            with tracing.span("secondpass.cache", {"secondpass.cache.op": "write"}):
+                await _call(cache, cache.set_many, writes)
         except Exception as exc:  # a cache fault must not lose the scores we already have
             logger.warning(
                 "score cache %s raised %s on write; scores kept, not cached",
                 type(cache).__name__,
                 type(exc).__name__,
             )
+
+
+async def _traced(parent: object, coro: Any, items: int) -> EngineResult:
+    """Run ``coro`` on the engine's loop as a ``secondpass.score`` child of the caller's span."""
+    with tracing.attached(parent), tracing.span("secondpass.score", {"secondpass.items": items}):
+        return await coro  # type: ignore[no-any-return]
+
+
+def _record_batches(submitted_ns: int, batches: list[tuple[int, int, int]]) -> None:
+    """The request's queue wait (until its first batch) and each forward pass, as spans.
+
+    Measured in the model thread (a batch serves several requests), recorded
+    here under the request's ``secondpass.score`` span.
+    """
+    first = min(start for start, _, _ in batches)
+    tracing.record("secondpass.queue_wait", submitted_ns, first)
+    for start, end, pairs in batches:
+        tracing.record("secondpass.model", start, end, {"secondpass.batch.pairs": pairs})
 
 
 async def _call(cache: ScoreCache, method: Callable[[Any], Any], arg: Any) -> Any:

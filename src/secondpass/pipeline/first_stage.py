@@ -95,10 +95,6 @@ async def _search_async(connector: AnyConnector, request: SearchRequest) -> list
     return list(await asyncio.to_thread(cast(Connector, connector).search, request))
 
 
-def _encode_query(encoder: DenseEncoder, query: str) -> list[float]:
-    return list(encoder.encode([query])[0])
-
-
 def _knn_request(
     query: str,
     vector: Sequence[float],
@@ -117,12 +113,6 @@ def _knn_request(
         num_candidates=max(num_candidates, k),
     )
     return SearchRequest(query=query, size=k, filters=tuple(filters), knn=knn, deadline=deadline)
-
-
-def _check_vector_field(vector_field: str) -> None:
-    if not vector_field:
-        msg = "vector_field must name the dense_vector/knn_vector field"
-        raise ConfigurationError(msg)
 
 
 class _Stage:
@@ -163,6 +153,22 @@ class _Stage:
         raise NotImplementedError
 
 
+class _VectorStage(_Stage):
+    """A stage that embeds the query: what :class:`DenseStage` and :class:`HybridStage` share."""
+
+    def __init__(self, connector: AnyConnector, encoder: DenseEncoder, vector_field: str) -> None:
+        if not vector_field:
+            msg = "vector_field must name the dense_vector/knn_vector field"
+            raise ConfigurationError(msg)
+        self.connector = connector
+        self.encoder = encoder
+        self.vector_field = vector_field
+
+    def _embed(self, query: str) -> list[float]:
+        """The query's vector; may run a model, so ``_afetch`` calls it in a worker thread."""
+        return list(self.encoder.encode([query])[0])
+
+
 class LexicalStage(_Stage):
     """The engine's own ranking (BM25 ``multi_match``, or the caller's query DSL).
 
@@ -187,7 +193,7 @@ class LexicalStage(_Stage):
         return await _search_async(self.connector, request)
 
 
-class DenseStage(_Stage):
+class DenseStage(_VectorStage):
     """kNN only: embed the query and ask the engine for its nearest vectors.
 
     Filters go into the kNN search itself (Elasticsearch ``knn.filter``,
@@ -211,13 +217,10 @@ class DenseStage(_Stage):
         *,
         num_candidates: int | None = None,
     ) -> None:
-        _check_vector_field(vector_field)
+        super().__init__(connector, encoder, vector_field)
         if num_candidates is not None and num_candidates < 1:
             msg = f"num_candidates must be >= 1, got {num_candidates}"
             raise ConfigurationError(msg)
-        self.connector = connector
-        self.encoder = encoder
-        self.vector_field = vector_field
         self.num_candidates = num_candidates
 
     def _request(
@@ -251,7 +254,7 @@ class DenseStage(_Stage):
         self._refuse(body)
         if size <= 0:
             return []
-        vector = _encode_query(self.encoder, query)
+        vector = self._embed(query)
         request = self._request(query, vector, size, filters, deadline)
         return _search_sync(self.connector, request)
 
@@ -261,12 +264,12 @@ class DenseStage(_Stage):
         self._refuse(body)
         if size <= 0:
             return []
-        vector = await asyncio.to_thread(_encode_query, self.encoder, query)
+        vector = await asyncio.to_thread(self._embed, query)
         request = self._request(query, vector, size, filters, deadline)
         return await _search_async(self.connector, request)
 
 
-class HybridStage(_Stage):
+class HybridStage(_VectorStage):
     """BM25 and kNN on one index, fused into one list.
 
     Two requests go to the engine (a lexical one and a ``knn`` one on
@@ -309,10 +312,7 @@ class HybridStage(_Stage):
         if not 0.0 <= alpha <= 1.0:
             msg = f"alpha must be within [0, 1], got {alpha}"
             raise ConfigurationError(msg)
-        _check_vector_field(vector_field)
-        self.connector = connector
-        self.encoder = encoder
-        self.vector_field = vector_field
+        super().__init__(connector, encoder, vector_field)
         self.fusion = fusion
         self.alpha = alpha
         if depth < 1:
@@ -359,7 +359,7 @@ class HybridStage(_Stage):
     ) -> list[Hit]:
         if size <= 0:
             return []
-        vector = _encode_query(self.encoder, query)
+        vector = self._embed(query)
         lexical_req, dense_req = self._requests(query, vector, size, filters, body, deadline)
         lexical = _search_sync(self.connector, lexical_req)
         dense = _search_sync(self.connector, dense_req)
@@ -371,7 +371,7 @@ class HybridStage(_Stage):
         # Both searches in flight at once; cancelling this task cancels both.
         if size <= 0:
             return []
-        vector = await asyncio.to_thread(_encode_query, self.encoder, query)
+        vector = await asyncio.to_thread(self._embed, query)
         lexical_req, dense_req = self._requests(query, vector, size, filters, body, deadline)
         lexical, dense = await asyncio.gather(
             _search_async(self.connector, lexical_req), _search_async(self.connector, dense_req)

@@ -268,7 +268,7 @@ def ensure_export(
     except MissingDependencyError:
         raise
     except Exception as exc:
-        msg = f"could not export the cross-encoder to ONNX: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        msg = f"could not export the cross-encoder to ONNX: {error_summary(exc)}"
         raise ModelLoadError(msg) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -331,16 +331,53 @@ class OnnxCrossEncoder:
         return [float(value) for value in np.asarray(out, dtype=np.float64).reshape(-1)]
 
 
+@dataclass(frozen=True, slots=True)
+class ExportSource:
+    """What a runtime's export is made of and where it is cached: one per loaded model.
+
+    The scorer describes the torch model once; each runtime's loader asks it
+    for the export it needs (ONNX Runtime's optimized graph or the portable one
+    OpenVINO reads), so the export recipe and its cache key live here only.
+    """
+
+    network: Any
+    identity: str
+    cache_folder: str | None
+    input_names: tuple[str, ...]
+
+    def export(self, *, quantize: Quantize = None, portable: bool = False) -> Path:
+        """The cached export's path, made first if absent (see :func:`ensure_export`)."""
+        return ensure_export(
+            self.network,
+            root=default_cache_root(self.cache_folder),
+            identity=self.identity,
+            quantize=quantize,
+            input_names=list(self.input_names),
+            portable=portable,
+        )
+
+    def check(
+        self, model: LogitsModel, *, tolerance: float = _PROBE_TOLERANCE, runtime: str = "ONNX"
+    ) -> None:
+        """Compare ``model`` with the torch network on a probe batch (see :func:`check_probe`)."""
+        check_probe(
+            model, self.network, list(self.input_names), tolerance=tolerance, runtime=runtime
+        )
+
+
+def error_summary(exc: BaseException) -> str:
+    """``Type: first line of the message`` (300 characters at most): a load error's cause.
+
+    A runtime's messages run to whole graph dumps; the first line names the problem.
+    """
+    lines = str(exc).splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+
+
 def load_onnx_cross_encoder(
-    network: Any,
-    *,
-    identity: str,
-    cache_folder: str | None,
-    quantize: Quantize,
-    input_names: list[str],
-    threads: int,
+    source: ExportSource, *, quantize: Quantize, threads: int
 ) -> OnnxCrossEncoder:
-    """Export (or reuse) ``network`` as ONNX and open an InferenceSession on it.
+    """Export (or reuse) the model as ONNX and open an InferenceSession on it.
 
     The session uses every graph optimization and ``threads`` intra-op
     threads (the scorer passes torch's thread count, so both backends use the
@@ -349,13 +386,7 @@ def load_onnx_cross_encoder(
     at load, instead of returning wrong scores later.
     """
     onnxruntime = import_onnxruntime()
-    path = ensure_export(
-        network,
-        root=default_cache_root(cache_folder),
-        identity=identity,
-        quantize=quantize,
-        input_names=input_names,
-    )
+    path = source.export(quantize=quantize)
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = max(1, threads)
@@ -369,13 +400,13 @@ def load_onnx_cross_encoder(
             str(path), options, providers=["CPUExecutionProvider"]
         )
     except Exception as exc:
-        msg = f"could not open the ONNX export {str(path)!r}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        msg = f"could not open the ONNX export {str(path)!r}: {error_summary(exc)}"
         raise ModelLoadError(msg) from exc
     model = OnnxCrossEncoder(
-        session=session, path=path, input_names=tuple(input_names), quantize=quantize
+        session=session, path=path, input_names=source.input_names, quantize=quantize
     )
     if quantize is None:
-        check_probe(model, network, input_names)
+        source.check(model)
     return model
 
 

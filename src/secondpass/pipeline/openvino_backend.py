@@ -26,12 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from secondpass.errors import ModelLoadError
-from secondpass.pipeline.onnx_backend import (
-    check_probe,
-    default_cache_root,
-    ensure_export,
-    import_fast_extra,
-)
+from secondpass.pipeline.onnx_backend import ExportSource, error_summary, import_fast_extra
 
 logger = logging.getLogger(__name__)
 
@@ -88,15 +83,9 @@ class OpenVinoCrossEncoder:
 
 
 def load_openvino_cross_encoder(
-    network: Any,
-    *,
-    identity: str,
-    cache_folder: str | None,
-    precision: Precision,
-    input_names: list[str],
-    threads: int,
+    source: ExportSource, *, precision: Precision, threads: int
 ) -> OpenVinoCrossEncoder:
-    """Export (or reuse) ``network`` as portable ONNX and compile it for the CPU.
+    """Export (or reuse) the model as portable ONNX and compile it for the CPU.
 
     ``precision`` is OpenVINO's inference precision hint: ``bfloat16`` runs
     bf16 kernels where the CPU has them (a warning says so where it has not,
@@ -105,13 +94,7 @@ def load_openvino_cross_encoder(
     checked against torch on a probe batch before it is used.
     """
     openvino = import_openvino()
-    path = ensure_export(
-        network,
-        root=default_cache_root(cache_folder),
-        identity=identity,
-        input_names=input_names,
-        portable=True,
-    )
+    path = source.export(portable=True)
     if precision == "bfloat16" and not cpu_supports_bf16():
         logger.warning(
             "this CPU has no native bf16 (AVX512-BF16 or AMX); OpenVINO runs the model in fp32"
@@ -130,12 +113,10 @@ def load_openvino_cross_encoder(
         hint = compiled.get_property("INFERENCE_PRECISION_HINT")
         actual = hint.to_string() if hasattr(hint, "to_string") else str(hint)
     except Exception as exc:
-        msg = f"OpenVINO could not compile {str(path)!r}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        msg = f"OpenVINO could not compile {str(path)!r}: {error_summary(exc)}"
         raise ModelLoadError(msg) from exc
     model = OpenVinoCrossEncoder(
-        compiled=compiled, path=path, input_names=tuple(input_names), precision=actual
+        compiled=compiled, path=path, input_names=source.input_names, precision=actual
     )
-    check_probe(
-        model, network, input_names, tolerance=_TOLERANCE[precision], runtime=f"OpenVINO {actual}"
-    )
+    source.check(model, tolerance=_TOLERANCE[precision], runtime=f"OpenVINO {actual}")
     return model

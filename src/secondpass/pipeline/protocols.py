@@ -14,6 +14,9 @@ class Scorer(Protocol):
 
     ``fingerprint`` identifies everything that changes a score (model id and
     revision, max length, long-document policy, ...); score caches key on it.
+    A scorer that subclasses this protocol explicitly inherits :meth:`score`,
+    written once in terms of :meth:`score_pairs`, so it implements only the
+    pair-level method that cross-request batching calls anyway.
     """
 
     @property
@@ -33,7 +36,7 @@ class Scorer(Protocol):
         When ``timings`` is given, the scorer adds the milliseconds it spent to
         ``timings["tokenize_ms"]`` and ``timings["model_ms"]``.
         """
-        ...
+        return self.score_pairs([(query, passage) for passage in passages], timings=timings)
 
     def score_pairs(
         self,

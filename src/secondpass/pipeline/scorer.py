@@ -45,6 +45,8 @@ from secondpass.pipeline.batching import (
     padded_length,
 )
 from secondpass.pipeline.passages import PassageTemplate, TokenTruncator, is_blank, plan_windows
+from secondpass.pipeline.protocols import Scorer
+from secondpass.pipeline.truncation import NO_TRUNCATION, Truncation
 from secondpass.types import EMPTY_PASSAGE_RAW_SCORE, PassageScore
 
 logger = logging.getLogger(__name__)
@@ -155,7 +157,7 @@ class _LazyTruncator:
         return self._scorer._ensure_loaded().tokenizer.truncate(text, max_tokens)
 
 
-class CrossEncoderScorer:
+class CrossEncoderScorer(Scorer):
     """Scores (query, passage) pairs with a cross-encoder, implementing ``Scorer``.
 
     Every setting defaults to :class:`~secondpass.config.RerankSettings` (so
@@ -257,6 +259,11 @@ class CrossEncoderScorer:
     def device(self) -> str:
         """The device the model runs on, e.g. ``cpu`` or ``cuda:0`` (loads the model)."""
         return str(self._ensure_loaded().device)
+
+    @property
+    def dtype(self) -> str:
+        """The precision of the forward pass, e.g. ``float32`` (loads no model; TEI's ``/info``)."""
+        return self._resolve_dtype_name()
 
     @property
     def network(self) -> Any:
@@ -365,17 +372,7 @@ class CrossEncoderScorer:
         """A :class:`~secondpass.pipeline.passages.TokenTruncator` using this model's tokenizer."""
         return _LazyTruncator(self)
 
-    # -- scoring -----------------------------------------------------------------
-
-    def score(
-        self,
-        query: str,
-        passages: Sequence[str],
-        *,
-        timings: dict[str, float] | None = None,
-    ) -> list[PassageScore]:
-        """Score ``passages`` against one ``query``; one result per passage, in input order."""
-        return self.score_pairs([(query, passage) for passage in passages], timings=timings)
+    # -- scoring (``score`` is the protocol's, written on score_pairs) --------------
 
     def score_pairs(
         self,
@@ -387,6 +384,22 @@ class CrossEncoderScorer:
 
         Adds milliseconds to ``timings["tokenize_ms"]`` (tokenizing and padding)
         and ``timings["model_ms"]`` (forward passes) when ``timings`` is given.
+        """
+        return self.score_truncated(pairs, (), timings=timings)
+
+    def score_truncated(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        truncations: Sequence[Truncation],
+        *,
+        timings: dict[str, float] | None = None,
+    ) -> list[PassageScore]:
+        """:meth:`score_pairs`, each pair cut as its :class:`Truncation` says (empty: none asked).
+
+        A pair's ``max_tokens`` cuts its passage's token ids (from the side it
+        names) before the window is planned; ``max_chunks`` plans ``chunk``
+        windows; ``side="left"`` mirrors the windows so the end of the passage
+        is kept. ``tokens_in`` stays the passage's full length.
         """
         results: list[PassageScore | None] = [None] * len(pairs)
         live = []
@@ -409,17 +422,23 @@ class CrossEncoderScorer:
             settings = self.settings
             for index, ids in zip(live, passage_ids, strict=True):
                 q_ids = query_ids[pairs[index][0]]
+                fit = truncations[index] if truncations else NO_TRUNCATION
+                kept = ids if fit.max_tokens is None else fit.cut(ids, fit.max_tokens)
                 plan = plan_windows(
                     len(q_ids),
-                    len(ids),
+                    len(kept),
                     tokenizer.pair_budget,
-                    policy=settings.long_document,
-                    max_chunks=settings.max_chunks,
+                    policy="chunk" if fit.max_chunks is not None else settings.long_document,
+                    max_chunks=fit.max_chunks or settings.max_chunks,
                     overlap=settings.chunk_overlap,
                 )
-                owners.append((index, len(units), len(plan.windows), plan.truncated, len(ids)))
-                for start, end in plan.windows:
-                    units.append(tokenizer.build(q_ids[: plan.query_keep], ids[start:end]))
+                windows = plan.windows
+                if fit.side == "left":  # the same windows, counted from the end
+                    windows = tuple((len(kept) - e, len(kept) - s) for s, e in windows)
+                cut = plan.truncated or len(kept) < len(ids)
+                owners.append((index, len(units), len(windows), cut, len(ids)))
+                for start, end in windows:
+                    units.append(tokenizer.build(q_ids[: plan.query_keep], kept[start:end]))
                     unit_tokens.append(end - start)
             tokenize_ms = (time.perf_counter() - started) * 1000.0
             raw, collate_ms, model_ms = self._run_units(units, loaded)
@@ -437,6 +456,29 @@ class CrossEncoderScorer:
                     chunks=count,
                 )
         return [result for result in results if result is not None]
+
+    def effective_truncation(self, truncation: Truncation) -> Truncation:
+        """``truncation`` without what cannot change a score here (loads the model).
+
+        Haystack sends ``max_tokens_per_doc=4096`` on every request: more than
+        any window (or all of its chunks) holds, so it is dropped and those
+        requests share the default cache entries. A ``max_chunks`` equal to the
+        configured chunk policy is dropped too.
+        """
+        if truncation.is_default:
+            return truncation
+        settings = self.settings
+        chunked = truncation.max_chunks is not None or settings.long_document == "chunk"
+        max_chunks = truncation.max_chunks
+        if settings.long_document == "chunk" and max_chunks == settings.max_chunks:
+            max_chunks = None
+        max_tokens = truncation.max_tokens
+        if max_tokens is not None:
+            windows = (truncation.max_chunks or settings.max_chunks) if chunked else 1
+            # No window plan reads past windows * budget passage tokens.
+            if max_tokens >= windows * self._ensure_loaded().tokenizer.pair_budget:
+                max_tokens = None
+        return Truncation(max_tokens=max_tokens, side=truncation.side, max_chunks=max_chunks)
 
     def _run_units(
         self, units: Sequence[EncodedPair], loaded: _Loaded
@@ -698,29 +740,26 @@ class CrossEncoderScorer:
         input_names = ["input_ids", "attention_mask"] + (
             ["token_type_ids"] if tokenizer.with_token_types else []
         )
-        identity = f"{reference}@{settings.revision or '-'}"
-        if self.backend == "openvino":
-            from secondpass.pipeline.openvino_backend import load_openvino_cross_encoder
+        from secondpass.pipeline.onnx_backend import ExportSource, load_onnx_cross_encoder
 
-            model = load_openvino_cross_encoder(
-                network,
-                identity=identity,
-                cache_folder=settings.cache_folder,
-                precision="bfloat16" if self._resolve_dtype_name() == "bfloat16" else "float32",
-                input_names=input_names,
-                threads=threads,
-            )
-            return model, f"openvino {model.precision}"
-        from secondpass.pipeline.onnx_backend import load_onnx_cross_encoder
-
-        onnx_model = load_onnx_cross_encoder(
-            network,
-            identity=identity,
+        source = ExportSource(
+            network=network,
+            identity=f"{reference}@{settings.revision or '-'}",
             cache_folder=settings.cache_folder,
-            quantize=settings.quantize,
-            input_names=input_names,
-            threads=threads,
+            input_names=tuple(input_names),
         )
+        if self.backend == "openvino":
+            from secondpass.pipeline.openvino_backend import (
+                Precision,
+                load_openvino_cross_encoder,
+            )
+
+            precision: Precision = (
+                "bfloat16" if self._resolve_dtype_name() == "bfloat16" else "float32"
+            )
+            model = load_openvino_cross_encoder(source, precision=precision, threads=threads)
+            return model, f"openvino {model.precision}"
+        onnx_model = load_onnx_cross_encoder(source, quantize=settings.quantize, threads=threads)
         return onnx_model, f"onnx {settings.quantize or 'fp32'}"
 
     def _window(self, model: Any, network: Any) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
@@ -52,6 +53,7 @@ class AdminEndpoints:
         self._upstream = upstream
         self._retriever = retriever
         self._probe_lock = asyncio.Lock()
+        self._build_known = False
 
     async def answer(self, method: str, path: bytes, send: Send) -> None:
         """Answer ``method path`` (``GET``/``HEAD`` only; 404 for an unknown own path)."""
@@ -69,11 +71,24 @@ class AdminEndpoints:
         elif name == b"/readyz":
             answer = await self._readyz()
         else:
+            self._set_build_info()
             body = generate_latest(self.metrics.registry)
             answer = Answer(200, [(b"content-type", CONTENT_TYPE_LATEST.encode())], body)
         if method == "HEAD":
             answer = Answer(answer.status, answer.headers, b"")
         await send_answer(send, answer)
+
+    def _set_build_info(self) -> None:
+        """``secondpass_build_info``, once the model is loaded (asking earlier would load it)."""
+        scorer = self._retriever.scorer
+        if self._build_known or not getattr(scorer, "is_loaded", True):
+            return
+        self._build_known = True
+        self.metrics.scoring.build_info(
+            model=public_model_name(self._upstream.settings.rerank.model),
+            backend=str(getattr(scorer, "backend", "unknown")),
+            device=str(getattr(scorer, "device", "unknown")),
+        )
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         """(ready, checks): ``scorer`` and ``upstream``, each ``ok`` or why not."""
@@ -115,6 +130,12 @@ class AdminEndpoints:
                 return f"engine did not answer: {type(exc).__name__}"
             await response.aclose()
             return "ok"
+
+
+def public_model_name(model: str) -> str:
+    """A model id as is; a local directory by its last component (no host paths in metrics)."""
+    path = Path(model).expanduser()
+    return path.name if path.is_absolute() or path.exists() else model
 
 
 def _error(status: int, reason: str) -> Answer:

@@ -6,8 +6,9 @@ client and the engine), so pass-through traffic keeps its bytes, status codes,
 repeated headers and streaming (:mod:`secondpass.proxy.plumbing`).
 
 Only ``GET|POST /_search``, ``/{index}/_search`` and the ``_msearch`` variants
-are read and reranked (:mod:`secondpass.proxy.search`); everything else streams
-through.
+are read and reranked (:mod:`secondpass.proxy.search`), and the node-discovery
+calls of sniffing clients publish the proxy's address
+(:mod:`secondpass.proxy.discovery`); everything else streams through.
 
 Authority: by default a client acts with its own credentials only; its headers
 go up unchanged and the proxy adds none. Credentials held by the proxy are lent
@@ -30,8 +31,10 @@ import re
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
+from secondpass.observability.asgi import RequestContextMiddleware
 from secondpass.proxy import access
 from secondpass.proxy.admin import AdminEndpoints, is_own
+from secondpass.proxy.discovery import NodeDiscovery, is_node_discovery
 from secondpass.proxy.metrics import ProxyMetrics
 from secondpass.proxy.plumbing import (
     Incoming,
@@ -113,7 +116,13 @@ class RerankProxy:
             lends=self._lends,
         )
         self.index_rules = self._searches.index_rules
-        self._guarded = AnsweredConnectionGuard(self._gate_and_route)
+        self._discovery = NodeDiscovery(
+            upstream=self._upstream, configured_address=settings.publish_address
+        )
+        # outermost: X-Request-ID and the request span, refusals included
+        self._guarded = RequestContextMiddleware(
+            AnsweredConnectionGuard(self._gate_and_route), name_of=_span_name
+        )
         self._bounded = BoundedInputMiddleware(
             self._route, limits=self.limits, render=render_refusal, cancel_on_disconnect=True
         )
@@ -230,6 +239,9 @@ class RerankProxy:
         if self._lends and has_body(incoming.headers):
             if not await self._check_references(incoming, send):
                 return
+        if is_node_discovery(incoming.method, path):  # sniffing clients must keep the proxy
+            await self._discovery.answer(incoming, scope.get("server"), send)
+            return
         if incoming.method in _READ_METHODS:
             match = _SEARCH_PATH.match(path)
             if match:
@@ -282,6 +294,20 @@ class RerankProxy:
             return False
         incoming.receive = replay(body[0], incoming.receive)
         return True
+
+
+def _span_name(scope: Scope) -> str:
+    """The request span's name: method and the kind of path, never an index name."""
+    path = (scope.get("raw_path") or scope.get("path", "").encode("utf-8")).split(b"?", 1)[0]
+    if is_own(path):
+        kind = path.decode("latin-1")[:40]
+    elif _SEARCH_PATH.match(path):
+        kind = "/{index}/_search"
+    elif _MSEARCH_PATH.match(path):
+        kind = "/{index}/_msearch"
+    else:
+        kind = "(pass-through)"
+    return f"{scope.get('method', 'HTTP')[:16]} {kind}"
 
 
 def _path_index(match: re.Match[bytes]) -> str | None:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import gzip
 import json
 import logging
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
@@ -21,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from secondpass.observability import tracing
 from secondpass.proxy import access, rules
 from secondpass.proxy.metrics import ProxyMetrics
 from secondpass.proxy.settings import ProxySettings
@@ -67,6 +70,7 @@ A client that trickles its body then holds no pooled connection while it does;
 only larger bodies stream, and those are bounded by ``body_total_timeout_s``.
 """
 _GONE = "the client went away while sending its body"
+_PLAIN_TYPE = "secondpass.plain_content_type"  # request extension: see Upstream.send_written
 
 
 @dataclasses.dataclass(slots=True)
@@ -136,7 +140,12 @@ class Upstream:
         kind = _kind(request.url.path)
         started = time.perf_counter()
         try:
-            response = await self.client().send(request, stream=stream)
+            # when tracing: a span to the response headers, and our traceparent upstream
+            with tracing.span(
+                "secondpass.upstream", {"secondpass.upstream.kind": kind}, client=True
+            ):
+                tracing.inject(request.headers)
+                response = await self.client().send(request, stream=stream)
         except httpx.HTTPError:
             self.metrics.upstream_errors.labels(kind).inc()
             raise
@@ -196,26 +205,59 @@ class Upstream:
     def rewritten_headers(
         self, incoming: Incoming, content_type: bytes
     ) -> list[tuple[bytes, bytes]]:
-        """Headers for a body the proxy wrote itself: the client's type, else ``content_type``.
+        """Headers for a body the proxy wrote itself: the client's type, else ours.
 
-        A search sent as ``GET /_search?q=...`` has no body and so no type; the
-        widened request carries a JSON body, which the engines refuse untyped (406).
+        A search sent as ``GET /_search?q=...`` has no body, so whatever type it
+        names (none, or a form type some tools add) describes nothing; the
+        widened request carries a JSON body, which the engines refuse untyped or
+        mistyped (406), and which Elasticsearch refuses (400) in plain JSON when
+        the client asked for a versioned ``Accept``: such a body is typed by
+        :func:`body_type`.
         """
-        headers = self.up_headers(incoming.headers, REWRITTEN_UP)
-        if not any(k.lower() == b"content-type" for k, _ in headers):
-            headers.append((b"content-type", content_type))
+        if has_body(incoming.headers):
+            headers = self.up_headers(incoming.headers, REWRITTEN_UP)
+            if any(k.lower() == b"content-type" for k, _ in headers):
+                return headers
+        else:
+            headers = self.up_headers(incoming.headers, REWRITTEN_UP | {b"content-type"})
+        headers.append((b"content-type", body_type(incoming.header(b"accept"), content_type)))
         return headers
 
     def rewritten_request(
         self, incoming: Incoming, query: bytes, content_type: bytes, content: bytes
     ) -> httpx.Request:
         """A request the proxy wrote itself, to the client's path with our body."""
-        return httpx.Request(
-            incoming.method,
-            self.url(incoming.raw_path, query),
-            headers=self.rewritten_headers(incoming, content_type),
-            content=content,
+        headers = self.rewritten_headers(incoming, content_type)
+        request = httpx.Request(
+            incoming.method, self.url(incoming.raw_path, query), headers=headers, content=content
         )
+        typed_by_client = has_body(incoming.headers) and incoming.header(b"content-type")
+        chosen = next(v for k, v in reversed(headers) if k.lower() == b"content-type")
+        if not typed_by_client and chosen != content_type:  # versioned by us: see send_written
+            request.extensions[_PLAIN_TYPE] = content_type
+        return request
+
+    async def send_written(self, request: httpx.Request) -> httpx.Response:
+        """Send a :meth:`rewritten_request` and read the answer.
+
+        Elasticsearch wants a versioned body type for a versioned ``Accept``;
+        OpenSearch ignores that ``Accept`` but refuses the type (406). When the
+        proxy chose the versioned type and gets 406, it asks once more with the
+        plain type, so a body-less search behaves as it does direct on both.
+        """
+        response = await self.send(request)
+        plain = request.extensions.get(_PLAIN_TYPE)
+        if response.status_code != 406 or not isinstance(plain, bytes):
+            return response
+        headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"content-type"]
+        retry = httpx.Request(
+            request.method,
+            request.url,
+            headers=[*headers, (b"content-type", plain)],
+            content=request.content,
+            extensions={k: v for k, v in request.extensions.items() if k != _PLAIN_TYPE},
+        )
+        return await self.send(retry)
 
     async def pass_through(
         self,
@@ -465,6 +507,77 @@ def server_timing(engine_ms: float, rerank_ms: float, started: float) -> tuple[b
     total_ms = (time.perf_counter() - started) * 1000
     value = f"engine;dur={engine_ms:.1f}, rerank;dur={rerank_ms:.1f}, total;dur={total_ms:.1f}"
     return (b"server-timing", value.encode("ascii"))
+
+
+def body_type(accept: str | None, content_type: bytes) -> bytes:
+    """The type of a body the proxy writes for a client that sent none.
+
+    Elasticsearch takes a body only in the media-type family of the ``Accept``:
+    a client asking for ``application/vnd.elasticsearch+json; compatible-with=8``
+    (elasticsearch-py does, body or not) gets ``content_type`` in that versioned
+    form, everyone else the plain one.
+
+    Example:
+        >>> body_type("application/vnd.elasticsearch+json; compatible-with=8", b"application/json")
+        b'application/vnd.elasticsearch+json; compatible-with=8'
+    """
+    match = _COMPATIBLE_WITH.search(accept or "")
+    if match is None or not content_type.startswith(b"application/"):
+        return content_type
+    subtype = content_type.removeprefix(b"application/")
+    return b"application/vnd.elasticsearch+%s; compatible-with=%s" % (
+        subtype,
+        match.group(1).encode("ascii"),
+    )
+
+
+_COMPATIBLE_WITH = re.compile(
+    r"application/vnd\.elasticsearch\+[a-z-]+\s*;\s*compatible-with\s*=\s*(\d{1,3})", re.I
+)
+_GZIP = frozenset({"gzip", "x-gzip"})
+GZIP_LEVEL = 3
+"""Elasticsearch's own default ``http.compression_level``: fast, most of the gain."""
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether an ``Accept-Encoding`` value admits gzip (RFC 9110 12.5.3, ``q=0`` refuses)."""
+    if not accept_encoding:
+        return False
+    weights: dict[str, float] = {}
+    for part in accept_encoding.split(","):
+        coding, *params = (p.strip() for p in part.split(";"))
+        weight = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        if coding:
+            weights[coding.lower()] = weight
+    explicit = [weights[c] for c in _GZIP if c in weights]
+    if explicit:
+        return max(explicit) > 0
+    return weights.get("*", 0.0) > 0
+
+
+def negotiated(answer: Answer, accept_encoding: str | None) -> Answer:
+    """A body the proxy wrote, gzip-encoded when the client accepts gzip, else as it is.
+
+    The engines compress their own answers for such a client, so pass-through
+    answers arrive compressed; a reranked answer must too. ``Vary:
+    Accept-Encoding`` says the representation depends on that header. Only the
+    proxy's own output is compressed (bounded by what it read from the engine);
+    nothing here decompresses.
+    """
+    headers = [(k, v) for k, v in answer.headers if k.lower() != b"content-encoding"]
+    if not any(k.lower() == b"vary" and b"accept-encoding" in v.lower() for k, v in headers):
+        headers.append((b"vary", b"Accept-Encoding"))
+    if not accepts_gzip(accept_encoding):
+        return Answer(answer.status, headers, answer.body)
+    headers.append((b"content-encoding", b"gzip"))
+    return Answer(answer.status, headers, gzip.compress(answer.body, compresslevel=GZIP_LEVEL))
 
 
 def relay(response: httpx.Response, status: str) -> Answer:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
 import httpx
 
 from secondpass.pipeline.batcher import BatchingOptions, BatchObserver
@@ -45,6 +46,7 @@ from secondpass.proxy.plumbing import (
     down_headers,
     dump,
     json_object,
+    negotiated,
     read_body,
     refuse,
     relay,
@@ -164,6 +166,7 @@ class SearchReranker:
 
     async def _search(self, incoming: Incoming, index: str | None, send: Send) -> None:
         started = time.perf_counter()
+        deadline = self._upstream_deadline()
         params = rules.split_query(incoming.query)
         if rules.opted_out(params, incoming.header(STATUS_HEADER.encode())):
             await self._pass(incoming, send, "skipped", "disabled by the client")
@@ -187,7 +190,12 @@ class SearchReranker:
             await self._pass(incoming, send, "skipped", plan.reason, body=raw_body)
             return
         sent = await self._send_widened(
-            incoming, send, plan.query, b"application/json", dump(plan.body)
+            incoming,
+            send,
+            plan.query,
+            b"application/json",
+            dump(_server_timeout(plan.body, deadline)),
+            deadline=deadline,
         )
         if sent is None:
             return
@@ -207,7 +215,13 @@ class SearchReranker:
                     incoming, send, "failed", "engine answer is not JSON", body=raw_body
                 )
                 return
-            await send_answer(send, relay(response, rules.status_header("skipped", reason)))
+            await send_answer(
+                send,
+                negotiated(
+                    relay(response, rules.status_header("skipped", reason)),
+                    incoming.header(b"accept-encoding"),
+                ),
+            )
             return
         outcome = await self._rerank(parsed, plan, texts)
         final = outcome.response
@@ -216,20 +230,60 @@ class SearchReranker:
         body = dump(final)
         headers = down_headers(response, outcome.status)
         headers.append(server_timing(upstream_ms, outcome.rerank_ms, started))
-        await send_answer(send, Answer(response.status_code, headers, body))
+        answer = Answer(response.status_code, headers, body)
+        await send_answer(send, negotiated(answer, incoming.header(b"accept-encoding")))
+
+    def _upstream_deadline(self) -> float | None:
+        """When the engine's answer to a search arriving now is due (``time.monotonic()``).
+
+        ``read_timeout_s`` bounds the whole wait for a search the proxy rewrites,
+        from the request's arrival (``None``: as long as the client waits).
+        """
+        limit = self.settings.read_timeout_s
+        return None if limit is None else time.monotonic() + limit
 
     async def _send_widened(
-        self, incoming: Incoming, send: Send, query: bytes, content_type: bytes, content: bytes
+        self,
+        incoming: Incoming,
+        send: Send,
+        query: bytes,
+        content_type: bytes,
+        content: bytes,
+        *,
+        deadline: float | None = None,
     ) -> tuple[httpx.Response, float] | None:
-        """Send the rewritten request: (answer, milliseconds), or ``None`` once a 502/504 was sent."""
+        """Send the rewritten request: (answer, milliseconds), or ``None`` once a 502/503/504 was sent.
+
+        With a ``deadline`` (``time.monotonic()``), what is left of it is the
+        call's timeout for every phase (connect, pool, write, read) and bounds
+        the call as a whole: a paused engine, or one trickling bytes, is
+        abandoned at the deadline, its connection closed (a cancelled httpx
+        call never goes back to the pool), and the client gets 504.
+        """
         request = self._upstream.rewritten_request(incoming, query, content_type, content)
         started = time.perf_counter()
         try:
-            response = await self._upstream.send(request)
+            if deadline is None:
+                response = await self._upstream.send_written(request)
+            else:
+                left = max(0.001, deadline - time.monotonic())
+                s = self.settings
+                request.extensions["timeout"] = httpx.Timeout(
+                    left, connect=min(left, s.connect_timeout_s), pool=min(left, s.pool_timeout_s)
+                ).as_dict()
+                # An anyio scope, not asyncio.timeout: httpcore closes a connection
+                # inside a shielded anyio scope, which only a scope cancellation respects.
+                with anyio.move_on_after(left):
+                    return (
+                        await self._upstream.send_written(request),
+                        (time.perf_counter() - started) * 1000,
+                    )
+                msg = f"no answer within read_timeout_s ({s.read_timeout_s:g} s)"
+                raise httpx.ReadTimeout(msg, request=request)
         except httpx.HTTPError as exc:
-            await send_answer(
-                send, unreachable(exc, rules.status_header("failed", "engine unreachable"))
-            )
+            timed_out = isinstance(exc, httpx.TimeoutException)
+            reason = "engine timed out" if timed_out else "engine unreachable"
+            await send_answer(send, unreachable(exc, rules.status_header("failed", reason)))
             return None
         return response, (time.perf_counter() - started) * 1000
 
@@ -323,6 +377,7 @@ class SearchReranker:
 
     async def _msearch(self, incoming: Incoming, index: str | None, send: Send) -> None:
         started = time.perf_counter()
+        deadline = self._upstream_deadline()
         params = rules.split_query(incoming.query)
         checked: bytes | None = None
         if self._lends:
@@ -367,11 +422,20 @@ class SearchReranker:
         for item, plan in zip(parsed.items, plans, strict=True):
             lines += [
                 dump(item.header),
-                dump(plan.body if isinstance(plan, rules.SearchPlan) else item.body),
+                dump(
+                    _server_timeout(plan.body, deadline)
+                    if isinstance(plan, rules.SearchPlan)
+                    else item.body
+                ),
             ]
         query = rules.join_query(p for p in params if p.key != rules.OPT_OUT_PARAM)
         sent = await self._send_widened(
-            incoming, send, query, b"application/x-ndjson", b"\n".join(lines) + b"\n"
+            incoming,
+            send,
+            query,
+            b"application/x-ndjson",
+            b"\n".join(lines) + b"\n",
+            deadline=deadline,
         )
         if sent is None:
             return
@@ -402,7 +466,8 @@ class SearchReranker:
         headers = down_headers(response, ", ".join(o.status for o in outcomes))
         rerank_ms = max(o.rerank_ms for o in outcomes)  # the searches rerank concurrently
         headers.append(server_timing(upstream_ms, rerank_ms, started))
-        await send_answer(send, Answer(200, headers, dump(final)))
+        answer = Answer(200, headers, dump(final))
+        await send_answer(send, negotiated(answer, incoming.header(b"accept-encoding")))
 
     async def _checked_msearch(self, incoming: Incoming, send: Send) -> bytes | None:
         """The raw ``_msearch`` body once :func:`~.access.check_msearch` passed it."""
@@ -519,6 +584,19 @@ def _plan_safely(
     except Exception as exc:  # noqa: BLE001 - never turn an odd body into our own error
         logger.warning("could not plan a search, passing it through: %s", type(exc).__name__)
         return rules.Skip(f"could not read the search body ({type(exc).__name__})")
+
+
+def _server_timeout(body: dict[str, Any], deadline: float | None) -> dict[str, Any]:
+    """``body`` with the engine's own search ``timeout`` set to what is left of ``deadline``.
+
+    The engine then stops collecting hits at about the time the proxy stops
+    waiting for them (and answers ``timed_out: true`` with what it has),
+    instead of searching on for nobody. A ``timeout`` the client set is kept.
+    """
+    if deadline is None or "timeout" in body:
+        return body
+    left_ms = max(1, round((deadline - time.monotonic()) * 1000))
+    return {**body, "timeout": f"{left_ms}ms"}
 
 
 def _cap_reranked(plans: list[rules.SearchPlan | rules.Skip], cap: int) -> None:

@@ -87,6 +87,11 @@ class ProxySettings(FileBackedSettings, ScoringEngineSettings):
     # -- where to listen, where to forward ------------------------------------
     upstream: str = Field("http://127.0.0.1:9200", description="the real cluster's base URL")
     listen: str = Field("127.0.0.1:9201", description="HOST:PORT to listen on (port 0: any free)")
+    publish_address: str | None = Field(
+        None,
+        description="HOST:PORT clients are told to use in node-discovery (sniffing) answers, "
+        "e.g. a load balancer in front of the proxy (None: the address the client reached)",
+    )
     ssl_certfile: str | None = Field(None, description="serve HTTPS with this certificate")
     ssl_keyfile: str | None = Field(None, description="private key of ssl_certfile")
     log_level: str = Field("info", description="uvicorn log level")
@@ -121,7 +126,12 @@ class ProxySettings(FileBackedSettings, ScoringEngineSettings):
     client_key: str | None = Field(None, description="private key of client_cert")
     connect_timeout_s: float = Field(10.0, gt=0, description="upstream connect timeout")
     read_timeout_s: float | None = Field(
-        None, description="upstream read timeout (None: wait as long as the client does)"
+        None,
+        description=(
+            "bound on a reranked search's engine call, counted from the request's arrival: "
+            "the time left is the httpx timeout and the search body's own timeout; 504 when it "
+            "runs out (pass-through calls: per-read timeout; None: wait as long as the client does)"
+        ),
     )
     max_connections: int = Field(256, ge=1, description="connection pool size toward the upstream")
 
@@ -249,6 +259,24 @@ class ProxySettings(FileBackedSettings, ScoringEngineSettings):
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             msg = "listen must be HOST:PORT with a port in 0..65535"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("publish_address")
+    @classmethod
+    def _published_host_port(cls, value: str | None) -> str | None:
+        """A sniffing client splits it at the last ``:``: anything else would lose it."""
+        if value is None:
+            return None
+        host, sep, port = value.rpartition(":")
+        if (
+            not sep
+            or not host
+            or not port.isdigit()
+            or not 1 <= int(port) <= 65535
+            or any(c.isspace() or c in "/?#@," for c in host)
+        ):
+            msg = "publish_address must be HOST:PORT with a port in 1..65535, e.g. lb.example:9200"
             raise ValueError(msg)
         return value
 

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import weakref
 from collections.abc import Sequence
@@ -136,6 +137,17 @@ def spawn(
     return proc
 
 
+def executable(name: str, *, package: str) -> str:
+    """The path of the server binary ``name``, or a :class:`ServerStartError` saying what installs it."""
+    path = shutil.which(name)
+    if path is None:
+        msg = (
+            f"{name} not found or not executable (scripts/bootstrap.sh installs Debian's {package})"
+        )
+        raise ServerStartError(msg)
+    return path
+
+
 def signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     """Send ``sig`` to the whole process group of ``proc`` (ignored if already gone)."""
     try:
@@ -199,7 +211,28 @@ class ManagedServer:
     """
 
     _proc: subprocess.Popen[bytes] | None = None
+    _workdir: Path | None = None
+    port: int | None = None
     stop_grace_s: ClassVar[float] = 30.0
+
+    def _claim_workdir_and_port(self, name: str) -> tuple[Path, int]:
+        """On the first start, make the private working directory and pick a free port.
+
+        Both are kept across :meth:`stop`/:meth:`start`, so a restarted server
+        finds its files and clients reconnect to the same address.
+        """
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix=f"secondpass-{name}-"))
+        if self.port is None:
+            self.port = free_port()
+        return self._workdir, self.port
+
+    def _loopback_url(self, scheme: str, path: str = "") -> str:
+        """``<scheme>://127.0.0.1:<port><path>``; there is none before the first start picks a port."""
+        if self.port is None:
+            msg = f"{type(self).__name__} has no port until it is started"
+            raise ServerStartError(msg)
+        return f"{scheme}://{LOOPBACK}:{self.port}{path}"
 
     def start(self: _Server) -> _Server:
         """Start the server and wait until it answers."""

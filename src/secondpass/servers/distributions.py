@@ -136,8 +136,8 @@ def _install_plugins(engine: EngineSpec, home: Path) -> None:
     jdk = _java.find_jdk(engine)
     tool = home / "bin" / f"{engine.name}-plugin"
     env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
-    env[engine.java_home_env] = str(jdk.home)
-    env[engine.path_conf_env] = str(home / "config")
+    env[engine.env("JAVA_HOME")] = str(jdk.home)
+    env[engine.env("PATH_CONF")] = str(home / "config")
     for plugin in engine.plugins:
         archive = maven_artifact(plugin.artifact)
         argv = [str(tool), "install", "--batch", archive.resolve().as_uri()]

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -137,10 +136,7 @@ class LocalEngine(_process.ManagedServer):
     @property
     def url(self) -> str:
         """``http://127.0.0.1:<port>``."""
-        if self.port is None:
-            msg = "the node has no port until it is started"
-            raise ConfigurationError(msg)
-        return f"http://{_process.LOOPBACK}:{self.port}"
+        return self._loopback_url("http")
 
     @property
     def auth(self) -> tuple[str, str] | None:
@@ -228,14 +224,14 @@ class LocalEngine(_process.ManagedServer):
             if key not in {"JAVA_HOME", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "CLASSPATH"}
             and not key.startswith(("ES_", "OPENSEARCH_"))
         }
-        env[self.spec.java_home_env] = str(jdk.home)
+        env[self.spec.env("JAVA_HOME")] = str(jdk.home)
         options = [f"-Xms{self.heap_mb}m", f"-Xmx{self.heap_mb}m"]
         if self.fast_start:
             options.append(_FAST_START_OPTION)
         options.extend(_java.extra_jvm_options(self.spec, jdk))
-        env[self.spec.java_opts_env] = " ".join((*options, *self.jvm_options))
-        env[self.spec.path_conf_env] = str(self.workdir / "config")
-        env[self.spec.tmpdir_env] = str(self.workdir / "tmp")
+        env[self.spec.env("JAVA_OPTS")] = " ".join((*options, *self.jvm_options))
+        env[self.spec.env("PATH_CONF")] = str(self.workdir / "config")
+        env[self.spec.env("TMPDIR")] = str(self.workdir / "tmp")
         return env
 
     # -- lifecycle -----------------------------------------------------------
@@ -249,10 +245,7 @@ class LocalEngine(_process.ManagedServer):
             return self
         home = distributions.fetch(self.spec)
         jdk = _java.find_jdk(self.spec)
-        if self._workdir is None:
-            self._workdir = Path(tempfile.mkdtemp(prefix=f"secondpass-{self.name}-"))
-        if self.port is None:
-            self.port = _process.free_port()
+        self._claim_workdir_and_port(self.name)
         if self.transport_port is None:
             self.transport_port = _process.free_port()
         env = self._environment(home, jdk)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import shutil
 import socket
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from secondpass.errors import ServerStartError
@@ -32,12 +32,15 @@ def _ping(port: int, timeout_s: float = 0.5) -> bool:
         return False
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class LocalRedis(_process.ManagedServer):
     """One ``redis-server`` process on 127.0.0.1 with persistence off.
 
     Construction does no I/O; :meth:`start` picks a free port (kept across
     :meth:`stop`/:meth:`start`, so clients can reconnect to the same URL) and
-    waits until the server answers.
+    waits until the server answers. ``password`` turns on ``requirepass``,
+    ``binary`` overrides ``redis-server`` on ``PATH`` and ``maxmemory_mb``
+    (``None``: unbounded) caps memory with LRU eviction, as a cache is run.
 
     Example:
         >>> with LocalRedis() as server:  # doctest: +SKIP
@@ -47,30 +50,16 @@ class LocalRedis(_process.ManagedServer):
 
     stop_grace_s = 10.0
 
-    def __init__(
-        self,
-        *,
-        port: int | None = None,
-        password: str | None = None,
-        binary: str | None = None,
-        start_timeout_s: float = 20.0,
-        maxmemory_mb: int | None = 256,
-    ) -> None:
-        self.port = port
-        self.password = password
-        self.binary = binary
-        self.start_timeout_s = start_timeout_s
-        self.maxmemory_mb = maxmemory_mb
-        self._workdir: Path | None = None
-        self._proc = None
+    port: int | None = None
+    password: str | None = None
+    binary: str | None = None
+    start_timeout_s: float = 20.0
+    maxmemory_mb: int | None = 256
 
     @property
     def url(self) -> str:
         """``redis://127.0.0.1:<port>/0`` (no password: pass it separately)."""
-        if self.port is None:
-            msg = "LocalRedis has no port until it is started"
-            raise ServerStartError(msg)
-        return f"redis://{_process.LOOPBACK}:{self.port}/0"
+        return self._loopback_url("redis", "/0")
 
     @property
     def host(self) -> str:
@@ -112,24 +101,15 @@ class LocalRedis(_process.ManagedServer):
         """Start the server (same port as before, if any) and wait for PING; idempotent."""
         if self.is_running():
             return self
-        binary = shutil.which(self.binary or REDIS_SERVER_BINARY)
-        if binary is None:
-            msg = (
-                f"{self.binary or REDIS_SERVER_BINARY} not found or not executable "
-                "(scripts/bootstrap.sh installs Debian's redis-server)"
-            )
-            raise ServerStartError(msg)
-        if self._workdir is None:
-            self._workdir = Path(tempfile.mkdtemp(prefix="secondpass-redis-"))
-        if self.port is None:
-            self.port = _process.free_port()
-        console = self._workdir / "console.log"
+        binary = _process.executable(self.binary or REDIS_SERVER_BINARY, package="redis-server")
+        workdir, port = self._claim_workdir_and_port("redis")
+        console = workdir / "console.log"
         self._proc = _process.spawn(
             [binary, "-"], env={"PATH": "/usr/bin:/bin"}, log_path=console, stdin_text=self._config()
         )
         _process.track(self)
         deadline = time.monotonic() + self.start_timeout_s
-        while not _ping(self.port):
+        while not _ping(port):
             code = self._proc.poll()
             if code is not None or time.monotonic() > deadline:
                 why = f"exited with code {code}" if code is not None else "did not answer in time"

@@ -104,13 +104,8 @@ class EngineSpec:
     plugins: tuple[PluginSpec, ...] = field(default_factory=tuple)
     # Jars copied into the distribution's lib/ at fetch time (e.g. a locale provider).
     lib_jars: tuple[Artifact, ...] = field(default_factory=tuple)
-    # Environment variable names the engine's launcher reads.
-    java_home_env: str = ""
-    java_opts_env: str = ""
-    path_conf_env: str = ""
-    tmpdir_env: str = ""
-    config_file: str = ""
-    executable: str = ""
+    # Prefix of the environment variables the engine's launcher reads (``ES_JAVA_HOME``).
+    env_prefix: str = ""
 
     @property
     def dir_name(self) -> str:
@@ -119,18 +114,27 @@ class EngineSpec:
         suffix += "".join(f"_{a.artifact}-{a.version}" for a in self.lib_jars)
         return f"{self.name}-{self.version}{suffix}"
 
+    def env(self, setting: Literal["JAVA_HOME", "JAVA_OPTS", "PATH_CONF", "TMPDIR"]) -> str:
+        """The launcher's variable for ``setting``: both launchers name them ``<PREFIX>_<SETTING>``."""
+        return f"{self.env_prefix}_{setting}"
+
+    @property
+    def config_file(self) -> str:
+        """The node settings file in the config directory (``elasticsearch.yml``)."""
+        return f"{self.name}.yml"
+
+    @property
+    def executable(self) -> str:
+        """The launcher, relative to the distribution's home (``bin/elasticsearch``)."""
+        return f"bin/{self.name}"
+
 
 ELASTICSEARCH = EngineSpec(
     name="elasticsearch",
     version="8.19.21",
     artifact=Artifact("org.elasticsearch.distribution.integ-test-zip", "elasticsearch", "8.19.21"),
     java=JavaRequirement(min_version=17, prefer="oldest"),
-    java_home_env="ES_JAVA_HOME",
-    java_opts_env="ES_JAVA_OPTS",
-    path_conf_env="ES_PATH_CONF",
-    tmpdir_env="ES_TMPDIR",
-    config_file="elasticsearch.yml",
-    executable="bin/elasticsearch",
+    env_prefix="ES",
 )
 
 OPENSEARCH_KNN = PluginSpec(
@@ -152,12 +156,7 @@ OPENSEARCH = EngineSpec(
         Artifact("com.ibm.icu", "icu4j", "77.1", "jar"),
         Artifact("com.ibm.icu", "icu4j-localespi", "77.1", "jar"),
     ),
-    java_home_env="OPENSEARCH_JAVA_HOME",
-    java_opts_env="OPENSEARCH_JAVA_OPTS",
-    path_conf_env="OPENSEARCH_PATH_CONF",
-    tmpdir_env="OPENSEARCH_TMPDIR",
-    config_file="opensearch.yml",
-    executable="bin/opensearch",
+    env_prefix="OPENSEARCH",
 )
 
 ENGINES: dict[EngineName, EngineSpec] = {"elasticsearch": ELASTICSEARCH, "opensearch": OPENSEARCH}

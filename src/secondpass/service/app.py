@@ -47,11 +47,13 @@ from secondpass.errors import (
     SearchDeadlineError,
     SecondPassError,
 )
+from secondpass.observability.asgi import RequestContextMiddleware
 from secondpass.pipeline.batcher import BatchingOptions, DynamicBatcher
 from secondpass.pipeline.breaker import CircuitBreaker
 from secondpass.pipeline.cache import NullScoreCache, build_cache
 from secondpass.pipeline.engine import EngineResult, ScoringEngine
 from secondpass.pipeline.protocols import ScoreCache, Scorer
+from secondpass.pipeline.truncation import Truncation
 from secondpass.service.auth import ApiKeys
 from secondpass.service.errors import (
     ClientDeadlineExceededError,
@@ -78,6 +80,8 @@ from secondpass.service.schemas import (
     SearchHitOut,
     SearchRequestBody,
     SearchResponse,
+    TeiInfo,
+    TeiModelType,
     TeiRank,
     TeiRerankRequest,
 )
@@ -144,11 +148,7 @@ class ServiceState:
             self.cache = build_cache(self.settings.cache)
         stats = getattr(self.cache, "stats", None)
         if stats is not None and hasattr(stats, "snapshot"):
-            self.metrics.add_callback_gauges(
-                "secondpass_cache_backend",
-                "Counters of the score cache backend since start (hits, misses, errors, ...).",
-                stats.snapshot,
-            )
+            self.metrics.add_cache_backend(stats.snapshot)
         self.metrics.enable_gpu_memory()
         self._load_task = asyncio.get_running_loop().create_task(self._load(), name="load-model")
 
@@ -173,6 +173,11 @@ class ServiceState:
             )
             await asyncio.to_thread(engine.start)
             self.engine = engine
+            self.metrics.scoring.build_info(
+                model=s.public_model_name,
+                backend=str(getattr(self.scorer, "backend", "unknown")),
+                device=str(getattr(self.scorer, "device", "unknown")),
+            )
             if s.search_enabled and self.retriever is None:
                 self.retriever, self.hybrid_retriever, self.connector = await asyncio.to_thread(
                     build_search, s, engine
@@ -341,14 +346,18 @@ class ServiceState:
             raise UnavailableError(msg, retry_after_s=self.settings.retry_after_s)
         return self.engine
 
-    async def rerank(self, query: str, texts: Sequence[str]) -> EngineResult:
+    async def rerank(
+        self, query: str, texts: Sequence[str], *, truncation: Truncation | None = None
+    ) -> EngineResult:
         """Score the rerank routes' ``texts`` through the shared engine; count cache use.
 
         Their documents have no index or id, so each is keyed as ``("", "", text)``:
         equal texts share a cache entry whatever their position or request.
+        ``truncation`` (a request's ``max_tokens_per_doc``, ``max_chunks_per_doc``
+        or ``truncation_direction``) is applied by the engine's scorer.
         """
         result = await self.require_engine().score(
-            _clean(query), [("", "", _clean(text)) for text in texts]
+            _clean(query), [("", "", _clean(text)) for text in texts], truncation=truncation
         )
         if self.cache is not None and not isinstance(self.cache, NullScoreCache):
             m = self.metrics
@@ -376,6 +385,8 @@ def build_search(settings: ServiceSettings, engine: ScoringEngine) -> tuple[Any,
     lexical one and with the rerank routes.
     """
     from secondpass.connectors import connect
+    from secondpass.observability.tracing import traced_stage
+    from secondpass.pipeline.first_stage import LexicalStage
     from secondpass.pipeline.retriever import Retriever
 
     # Only configured fields leave the engine: the library's default (the whole
@@ -394,7 +405,9 @@ def build_search(settings: ServiceSettings, engine: ScoringEngine) -> tuple[Any,
         "min_score": getattr(settings.rerank, "min_score", None),
         "mode": settings.search_mode,
     }
-    lexical = Retriever(connector=connector, **common)
+    lexical = Retriever(
+        connector=connector, first_stage=traced_stage(LexicalStage(connector)), **common
+    )
     hybrid = None
     if settings.search_vector_field:
         from secondpass.pipeline.dense import SentenceTransformerEncoder
@@ -409,7 +422,7 @@ def build_search(settings: ServiceSettings, engine: ScoringEngine) -> tuple[Any,
             alpha=settings.search_alpha,
             depth=max(100, settings.search_window),
         )
-        hybrid = Retriever(first_stage=stage, **common)
+        hybrid = Retriever(first_stage=traced_stage(stage), **common)
     return lexical, hybrid, connector
 
 
@@ -515,6 +528,10 @@ def _order(values: Sequence[float]) -> list[int]:
 # --------------------------------------------------------------------------- the app
 
 
+# Probes orchestrators call without credentials (TEI's /health included); every
+# other path, /info too, needs a key when keys are configured.
+_OPEN_PATHS = frozenset({"/livez", "/readyz", "/health"})
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in (
@@ -571,8 +588,10 @@ def create_app(
         keys=state.api_keys,
         metrics=state.metrics,
         rate_per_s=settings.api_key_rate_per_s,
+        open_paths=_OPEN_PATHS,
     )
     app.add_middleware(AnsweredConnectionGuard)  # around everything that may answer
+    app.add_middleware(RequestContextMiddleware)  # X-Request-ID and the request span, even on 401
     _install_error_handlers(app, state)
     limits = _Limits(settings)
     # what every rerank route shares: errors in the OpenAPI, no nulls in answers
@@ -588,7 +607,9 @@ def create_app(
             limits.text(f"documents[{i}]", _compose(doc, i, body.rank_fields))
             for i, doc in enumerate(body.documents)
         ]
-        scored, values, top = await _cohere_ranked(state, body.query, texts, body.top_n)
+        chunks = body.max_chunks_per_doc
+        truncation = None if chunks is None else Truncation(max_chunks=chunks)
+        scored, values, top = await _cohere_ranked(state, body.query, texts, body.top_n, truncation)
         results = []
         for i in top:
             document = None
@@ -602,11 +623,20 @@ def create_app(
 
     @rerank_route("/v2/rerank", response_model=CohereRerankResponse)
     async def cohere_rerank_v2(body: CohereV2RerankRequest) -> Any:
-        """Rerank documents for a query (Cohere v2 wire format: strings, no document echo)."""
+        """Rerank documents for a query (Cohere v2 wire format: string documents)."""
         limits.cohere(body)
         texts = [limits.text(f"documents[{i}]", d) for i, d in enumerate(body.documents)]
-        scored, values, top = await _cohere_ranked(state, body.query, texts, body.top_n)
-        results = [CohereResult(index=i, relevance_score=values[i]) for i in top]
+        max_tokens = body.max_tokens_per_doc
+        truncation = None if max_tokens is None else Truncation(max_tokens=max_tokens)
+        scored, values, top = await _cohere_ranked(state, body.query, texts, body.top_n, truncation)
+        results = [
+            CohereResult(
+                index=i,
+                relevance_score=values[i],
+                document=CohereDocument(text=body.documents[i]) if body.return_documents else None,
+            )
+            for i in top
+        ]
         return _cohere_response("2", results, scored, state)
 
     @rerank_route("/rerank", response_model=list[TeiRank])
@@ -618,11 +648,10 @@ def create_app(
         """
         limits.query(body.query)
         limits.count("texts", len(body.texts))
-        if body.truncation_direction.lower() != "right":
-            msg = "truncation_direction: only Right is supported"
-            raise InvalidRequestError(msg, field="truncation_direction")
+        left = body.truncation_direction.lower() == "left"
         texts = [limits.text(f"texts[{i}]", t) for i, t in enumerate(body.texts)]
-        scores = (await state.rerank(body.query, texts)).scores
+        truncation = Truncation(side="left") if left else None
+        scores = (await state.rerank(body.query, texts, truncation=truncation)).scores
         truncate = settings.auto_truncate if body.truncate is None else body.truncate
         if not truncate:
             for i, s in enumerate(scores):
@@ -720,6 +749,56 @@ def create_app(
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get(
+        "/health",
+        response_class=Response,
+        responses={
+            200: {"description": "ready: the model answers (empty body, as TEI)"},
+            503: {"model": ErrorBody, "description": "not ready: loading, failed or draining"},
+        },
+        tags=["health"],
+    )
+    async def health() -> Response:
+        """TEI's health check: the same checks as ``/readyz``, answered as TEI answers."""
+        ready, checks = await state.readiness()
+        if ready:
+            return Response(status_code=200)
+        why = "; ".join(f"{name}: {value}" for name, value in checks.items() if value != "ok")
+        return JSONResponse(
+            error_body(f"not ready ({why})", "unhealthy"),
+            status_code=503,
+            headers={"Retry-After": str(settings.retry_after_s)},
+        )
+
+    @app.get(
+        "/info",
+        response_model=TeiInfo,
+        responses={503: {"model": ErrorBody, "description": "model not loaded yet"}},
+        tags=["health"],
+    )
+    async def info() -> Any:
+        """TEI's ``/info``: the model and the limits a TEI client sizes its requests by."""
+        scorer = state.scorer
+        state.require_engine()  # the window is known once the model has loaded
+        rerank = settings.rerank
+        window = getattr(scorer, "max_length", None)
+        return TeiInfo(
+            model_id=settings.public_model_name,
+            model_sha=rerank.revision,
+            model_dtype=str(getattr(scorer, "dtype", rerank.dtype)),
+            model_type=TeiModelType(
+                reranker={"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}
+            ),
+            max_concurrent_requests=settings.max_queue_pairs,
+            max_input_length=window if isinstance(window, int) else rerank.max_length or 0,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_requests=settings.max_batch_pairs,
+            max_client_batch_size=settings.max_documents,
+            auto_truncate=settings.auto_truncate,
+            tokenization_workers=1,
+            version=_version(),
+        )
+
+    @app.get(
         "/metrics",
         response_class=Response,
         responses={200: {"content": {"text/plain": {}}}},
@@ -758,7 +837,7 @@ def _declare_security(schema: dict[str, Any], *, rate_limited: bool) -> None:
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
     for path, operations in schema.get("paths", {}).items():
         for operation in operations.values():
-            if path in ("/livez", "/readyz"):
+            if path in _OPEN_PATHS:
                 operation["security"] = []
                 continue
             answers = operation.setdefault("responses", {})
@@ -854,10 +933,14 @@ def _compose(doc: str | dict[str, Any], i: int, rank_fields: list[str] | None) -
 
 
 async def _cohere_ranked(
-    state: ServiceState, query: str, texts: list[str], top_n: int | None
+    state: ServiceState,
+    query: str,
+    texts: list[str],
+    top_n: int | None,
+    truncation: Truncation | None,
 ) -> tuple[EngineResult, list[float], list[int]]:
     """Score the Cohere routes' texts: the result, finite normalised scores, the best ``top_n``."""
-    scored = await state.rerank(query, texts)
+    scored = await state.rerank(query, texts, truncation=truncation)
     values = [_finite(s.normalized) for s in scored.scores]
     return scored, values, _order(values)[:top_n]
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from secondpass.scoring_metrics import LATENCY_BUCKETS, EngineSeries
@@ -71,30 +71,42 @@ class ServiceMetrics:
         self.model_failures = self.scoring.model_failures
         self.ready = Gauge("secondpass_ready", "1 when /readyz answers 200, else 0.", registry=r)
 
-    def add_callback_gauges(
-        self, name: str, doc: str, read: Callable[[], Mapping[str, float]]
-    ) -> None:
-        """Export numbers read at scrape time (cache backend stats), one label ``key``."""
-        self.registry.register(_CallbackCollector(name, doc, read))
+    def add_cache_backend(self, read: Callable[[], Mapping[str, float]]) -> None:
+        """Export the cache backend's own counters, read at scrape time.
+
+        As ``secondpass_cache_backend_events_total{event}`` (errors, writes,
+        corrupt, evictions, bypassed): counters, not gauges, so ``rate()`` works
+        on them. Its hits and misses are left out: ``secondpass_cache_hits_total``
+        and ``secondpass_cache_misses_total`` count those already.
+        """
+        self.registry.register(_CacheBackendCollector(read))
 
     def enable_gpu_memory(self) -> None:
         """Export CUDA memory per device at scrape time, when torch has CUDA."""
         self.registry.register(_GpuMemoryCollector())
 
 
-class _CallbackCollector(Collector):
-    def __init__(self, name: str, doc: str, read: Callable[[], Mapping[str, float]]) -> None:
-        self._name = name
-        self._doc = doc
+class _CacheBackendCollector(Collector):
+    _SERIES = "secondpass_cache_backend_events"
+    _ALREADY_COUNTED = frozenset({"hits", "misses"})
+
+    def __init__(self, read: Callable[[], Mapping[str, float]]) -> None:
         self._read = read
 
     def collect(self) -> Iterable[Metric]:
-        family = GaugeMetricFamily(self._name, self._doc, labels=["key"])
+        family = CounterMetricFamily(
+            self._SERIES,
+            "Events of the score cache backend since start, by event (errors, writes, "
+            "corrupt, evictions, bypassed).",
+            labels=["event"],
+        )
         try:
             values = self._read()
         except Exception:  # a scrape must not fail because a stats source did
             values = {}
         for key, value in values.items():
+            if key in self._ALREADY_COUNTED:
+                continue
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 family.add_metric([str(key)], float(value))
         yield family

@@ -13,6 +13,7 @@ import time
 
 from fastapi.responses import JSONResponse
 
+from secondpass.pipeline.engine import request_arrived
 from secondpass.service.auth import ApiKeys, presented_key
 from secondpass.service.errors import ServiceError, error_body
 from secondpass.service.http_limits import (
@@ -36,6 +37,12 @@ class BodyLimitMiddleware(BoundedInputMiddleware):
     refused with 415 because no rerank client sends them and decoding them would
     be a second way to grow a body. Refusals use the service's error shape and
     count in ``secondpass_rejected_total`` by error type.
+
+    It also dates each request from its arrival
+    (:func:`~secondpass.pipeline.engine.request_arrived`): the request timeout
+    and the scoring queue's admission limit then include the time spent
+    reading and parsing the body, so an admitted request's answer is due by
+    arrival + limit, not by limit after a possibly late start.
     """
 
     def __init__(self, app: ASGIApp, *, settings: ServiceSettings, metrics: ServiceMetrics) -> None:
@@ -50,6 +57,11 @@ class BodyLimitMiddleware(BoundedInputMiddleware):
             cancel_on_disconnect=True,
             on_reject=lambda exc: metrics.rejected.labels(exc.error_type).inc(),
         )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Bound the request's input, with its time limits counted from now."""
+        with request_arrived(time.monotonic()):
+            await super().__call__(scope, receive, send)
 
 
 def _render_refusal(exc: ServiceError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:

@@ -15,6 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 _JSON_TYPE = {bool: "boolean", int: "number", float: "number", list: "array"}
 
+MAX_CHUNKS_PER_DOC = 100
+"""Largest Cohere v1 ``max_chunks_per_doc``: each window is one more forward pass."""
+MAX_TOKENS_PER_DOC = 2**31 - 1
+"""Largest Cohere v2 ``max_tokens_per_doc`` (an int32, as Cohere's clients type it)."""
+
+
+def _count(limit: int, description: str) -> Any:
+    """An optional per-request count in 1..``limit``: strict, so ``true`` or ``4.5`` is a 422."""
+    return Field(default=None, ge=1, le=limit, strict=True, description=description)
+
 
 def clean_text(text: str) -> str:
     """Replace lone UTF-16 surrogates (legal in JSON, fatal to tokenizers and encoders) with U+FFFD."""
@@ -50,29 +60,36 @@ class _Request(BaseModel):
         return _clean_tree(data)
 
 
-class CohereRerankRequest(_Request):
-    """Body of ``POST /v1/rerank`` (Cohere v1)."""
+class _CohereRequest(_Request):
+    """The fields both Cohere versions define the same way."""
 
     query: str = Field(description="the search query")
-    documents: list[str | dict[str, Any]] = Field(
-        description="strings, or objects whose `rank_fields` (default `text`) are scored"
-    )
     top_n: int | None = Field(
         default=None, ge=1, description="how many results to return (default: all documents)"
+    )
+    model: str | None = Field(
+        default=None, description="accepted for compatibility; this service serves one model"
+    )
+
+
+class CohereRerankRequest(_CohereRequest):
+    """Body of ``POST /v1/rerank`` (Cohere v1)."""
+
+    documents: list[str | dict[str, Any]] = Field(
+        description="strings, or objects whose `rank_fields` (default `text`) are scored"
     )
     rank_fields: list[str] | None = Field(
         default=None,
         min_length=1,
         description="object keys scored, in order; several are joined as `key: value` lines",
     )
-    return_documents: bool = Field(default=True, description="echo each document in its result")
-    model: str | None = Field(
-        default=None, description="accepted for compatibility; this service serves one model"
+    return_documents: bool = Field(
+        default=False, description="echo each document in its result (Cohere's default: false)"
     )
-    max_chunks_per_doc: int | None = Field(
-        default=None,
-        ge=1,
-        description="accepted for compatibility; long documents follow the service's policy",
+    max_chunks_per_doc: int | None = _count(
+        MAX_CHUNKS_PER_DOC,
+        "score a long document in at most this many windows of the model's length; "
+        "the best window's score counts (null: the service's long-document policy)",
     )
 
     @field_validator("documents", mode="before")
@@ -92,14 +109,22 @@ class CohereRerankRequest(_Request):
         return value
 
 
-class CohereV2RerankRequest(_Request):
-    """Body of ``POST /v2/rerank`` (Cohere v2: string documents, no document echo)."""
+class CohereV2RerankRequest(_CohereRequest):
+    """Body of ``POST /v2/rerank`` (Cohere v2: string documents)."""
 
-    query: str
-    documents: list[str]
-    top_n: int | None = Field(default=None, ge=1)
-    model: str | None = None
-    max_tokens_per_doc: int | None = Field(default=None, ge=1)
+    documents: list[str] = Field(description="the texts scored against the query")
+    max_tokens_per_doc: int | None = _count(
+        MAX_TOKENS_PER_DOC,
+        "keep each document's first N tokens (of the model's tokenizer) before scoring; "
+        "above the model's window only the service's own long-document policy applies",
+    )
+    return_documents: bool = Field(
+        default=False, description="echo each document as `{text}` in its result"
+    )
+    priority: int | None = Field(
+        default=None,
+        description="accepted for compatibility; every request shares one fair batch queue",
+    )
 
 
 class CohereDocument(BaseModel):
@@ -151,7 +176,8 @@ class TeiRerankRequest(_Request):
         "null: the service's `auto_truncate` setting",
     )
     truncation_direction: Literal["Right", "Left", "right", "left"] = Field(
-        default="Right", description="only Right is supported"
+        default="Right",
+        description="which end of a too-long text is cut: Right keeps its start, Left its end",
     )
     raw_scores: bool = Field(default=False, description="return logits instead of sigmoid scores")
     return_text: bool = Field(default=False, description="echo each text in its result")
@@ -163,6 +189,31 @@ class TeiRank(BaseModel):
     index: int
     score: float
     text: str | None = None
+
+
+class TeiModelType(BaseModel):
+    """TEI's ``model_type``: this service serves one reranker."""
+
+    reranker: dict[str, dict[str, Any]]
+
+
+class TeiInfo(BaseModel):
+    """``GET /info`` in text-embeddings-inference's shape: what a TEI client reads."""
+
+    model_id: str = Field(description="the model's public name (never a filesystem path)")
+    model_sha: str | None = Field(default=None, description="the pinned revision, if any")
+    model_dtype: str = Field(description="the precision of the forward pass")
+    model_type: TeiModelType
+    max_concurrent_requests: int = Field(description="queued pairs the service admits")
+    max_input_length: int = Field(description="the model's window in tokens")
+    max_batch_tokens: int = Field(description="most (estimated) tokens in one forward pass")
+    max_batch_requests: int | None = Field(description="most pairs in one forward pass")
+    max_client_batch_size: int = Field(description="most texts in one request")
+    auto_truncate: bool = Field(description="whether texts are cut when truncate is unset")
+    tokenization_workers: int = Field(description="threads tokenizing (the model's own thread)")
+    version: str = Field(description="SecondPass version")
+    sha: str | None = None
+    docker_label: str | None = None
 
 
 class SearchRequestBody(_Request):
