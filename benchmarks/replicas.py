@@ -15,13 +15,15 @@ Printed, in this order:
    ``--duration`` seconds each (all replicas stay up; HAProxy instances over
    subsets). On a 2-core machine this does not scale: every replica's model
    thread competes for the same two cores.
-3. rolling restart: SIGTERM each replica in turn, wait for exit, start it
-   again on its port, wait until HAProxy has it UP; client outcomes.
+3. rolling restart: replacements load first (a rollout's surge pods), then
+   each replica in turn gets SIGTERM, and once HAProxy has it DOWN and it
+   exited, its replacement takes its slot (runtime API) and must be UP before
+   the next; client outcomes.
 4. kill -9 of r2 under load through the retrying HAProxy; client outcomes and
    HAProxy's retry/redispatch counters.
 5. control: kill -9 of r1 under load through an HAProxy with ``retries 0``.
 
-Bounded: replica start (parallel) + 3 x ``--duration`` + 3 restarts + 2 short
+Bounded: replica start (parallel) + 3 x ``--duration`` + one parallel reload + 2 short
 kill phases (``--kill-answers`` answers before and after each kill).
 
     .venv/bin/python benchmarks/replicas.py --duration 10
@@ -145,11 +147,8 @@ def main() -> int:
             if not args.skip_rolling:
                 with SteadyLoad(group.url, clients=args.clients) as load:
                     load.wait_for(10)
-                    for index, replica in enumerate(group.replicas):
-                        replica.terminate()
-                        group.balancer.wait_for_states({group.name(index): "DOWN"})
-                        replica.process.wait(30)
-                        group.restart(index)
+                    for index, replacement in enumerate(group.start_replacements()):
+                        group.swap(index, replacement)
                     report = load.stop()
                 results["rolling_restart"] = {
                     "outcomes": dict(report.outcomes),

@@ -24,7 +24,8 @@ class MissingDependencyError(SecondPassError, ImportError):
         self.package = package
         self.extra = extra
         super().__init__(
-            f"{package} is required for this feature: pip install 'secondpass[{extra}]'"
+            f"{package} is required for this feature: install the '{extra}' extra "
+            f"(in a clone: pip install -e '.[{extra}]')"
         )
 
 

@@ -5,10 +5,12 @@ replica (``retry-on`` + ``option redispatch``). Under a steady rerank load:
 
 * a ``kill -9`` of one replica: no client sees an error (requests in flight on
   the dead replica are replayed elsewhere: rerank requests are idempotent);
-* a rolling restart (SIGTERM each replica in turn, start it again, wait until
-  HAProxy has it UP): no client sees an error (SIGTERM turns ``/readyz`` 503
-  and the replica keeps serving for ``shutdown_delay_s``, longer than HAProxy
-  needs to take it out of rotation);
+* a rolling restart (the replacements load first, as a Kubernetes rollout's
+  surge pods do; then each replica in turn gets SIGTERM, and once HAProxy has
+  it DOWN and it exited its replacement takes its slot and must be UP before
+  the next): no client sees an error (SIGTERM turns ``/readyz`` 503 and the
+  replica keeps serving for ``shutdown_delay_s``, longer than HAProxy needs to
+  take it out of rotation);
 * a query scored on one replica is a cache hit on another (shared Redis).
 
 The throughput sweep over 1, 2 and 3 replicas is in benchmarks/replicas.py.
@@ -70,11 +72,10 @@ def test_rolling_restart_under_load_fails_no_request(replicas: ReplicaSet) -> No
     replicas.balancer.wait_for_states({f"r{i}": "UP" for i in range(3)}, timeout_s=120)
     with SteadyLoad(replicas.url, clients=4) as load:
         load.wait_for(10)
-        for index, replica in enumerate(replicas.replicas):
-            replica.terminate()
-            replicas.balancer.wait_for_states({f"r{index}": "DOWN"})
-            assert replica.process.wait(30) == 0, replica.log()[-2000:]
-            replicas.restart(index)
+        replacements = replicas.start_replacements()
+        for index, replacement in enumerate(replacements):
+            old = replicas.replicas[index]
+            assert replicas.swap(index, replacement) == 0, old.log()[-2000:]
             load.wait_for(10)
         report = load.stop()
     print(f"rolling restart: {dict(report.outcomes)} in {report.seconds:.0f} s")

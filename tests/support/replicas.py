@@ -89,13 +89,35 @@ class ReplicaSet:
         assert self.balancer is not None
         return self.balancer.url
 
-    def restart(self, index: int) -> None:
-        """Start replica ``index`` again on its port (after a kill or a drain) and wait UP."""
+    def start_replacements(self) -> list[ServiceProcess]:
+        """One new process per replica on a new port, all loading at once; wait until all ready.
+
+        Like a Kubernetes rolling update's surge pods: the replacements load
+        while the old replicas serve, so the rollout then costs one model load,
+        not one per replica.
+        """
+        new = [
+            start_replica(self.model_dir, self.log_dir, free_port(), self.settings, wait=False)
+            for _ in self.replicas
+        ]
+        for replica in new:
+            wait_until_ready(replica, READY_TIMEOUT_S)
+        return new
+
+    def swap(self, index: int, replacement: ServiceProcess) -> int:
+        """SIGTERM replica ``index``; once HAProxy has it DOWN and it exited, put ``replacement``
+        in its slot and wait until it is UP. Returns the old process's exit code."""
         assert self.balancer is not None
-        self.replicas[index] = start_replica(
-            self.model_dir, self.log_dir, self.ports[index], self.settings
-        )
-        self.balancer.wait_for_states({self.name(index): "UP"})
+        name = self.name(index)
+        old = self.replicas[index]
+        old.terminate()
+        self.balancer.wait_for_states({name: "DOWN"})
+        code = old.process.wait(30)
+        self.balancer.set_server_address(name, f"127.0.0.1:{replacement.port}")
+        self.replicas[index] = replacement
+        self.ports[index] = replacement.port
+        self.balancer.wait_for_states({name: "UP"})
+        return code
 
     def close(self) -> None:
         if self.balancer is not None:

@@ -31,7 +31,9 @@ def test_compose_haproxy_config_is_the_generated_one() -> None:
 def test_haproxy_accepts_the_generated_config(tmp_path: Path) -> None:
     config = tmp_path / "haproxy.cfg"
     config.write_text(
-        haproxy_config(bind="127.0.0.1:18080", servers=[("r0", "127.0.0.1:1"), ("r1", "127.0.0.1:2")]),
+        haproxy_config(
+            bind="127.0.0.1:18080", servers=[("r0", "127.0.0.1:1"), ("r1", "127.0.0.1:2")]
+        ),
         encoding="utf-8",
     )
     binary = shutil.which("haproxy")

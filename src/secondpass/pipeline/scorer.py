@@ -309,7 +309,7 @@ class CrossEncoderScorer(Scorer):
         for backend, packages in _AUTO_CPU_RUNTIMES:
             if _installed(packages):
                 return backend, f"CPU with {packages[0]} installed: exact fp32, faster than torch"
-        return "torch", "CPU without the 'fast' extra (pip install 'secondpass[fast]' for OpenVINO)"
+        return "torch", "CPU without the 'fast' extra (install the 'fast' extra for OpenVINO)"
 
     @property
     def fingerprint(self) -> str:

@@ -15,6 +15,7 @@ import csv
 import io
 import logging
 import shutil
+import socket
 import tempfile
 import time
 import urllib.request
@@ -53,6 +54,7 @@ def haproxy_config(
     check: HealthCheck | None = None,
     retries: int = 3,
     timeout_server_s: float = 30.0,
+    admin_socket: str | None = None,
 ) -> str:
     """The HAProxy configuration: one frontend on ``bind``, round robin over ``servers``.
 
@@ -61,6 +63,8 @@ def haproxy_config(
     on another replica (``option redispatch 1``): rerank and search requests
     are idempotent, so a retry never scores anything twice in a way a client
     can see. The request is buffered so a POST body can be replayed.
+    ``admin_socket`` (a Unix socket path) enables the runtime API, through
+    which a replica's address can be changed without a reload.
     """
     if not servers:
         msg = "haproxy_config needs at least one backend server"
@@ -69,6 +73,7 @@ def haproxy_config(
     lines = [
         "global",
         "    maxconn 4096",
+        *([f"    stats socket {admin_socket} level admin"] if admin_socket else []),
         "defaults",
         "    mode http",
         "    timeout connect 1s",
@@ -170,6 +175,7 @@ class LocalHAProxy(_process.ManagedServer):
                 servers=self.servers,
                 check=self.check,
                 retries=self.retries,
+                admin_socket=str(self._workdir / "admin.sock"),
             ),
             encoding="utf-8",
         )
@@ -222,6 +228,24 @@ class LocalHAProxy(_process.ManagedServer):
             time.sleep(0.1)
         msg = f"haproxy servers did not reach {want} in {timeout_s}s (now {states})"
         raise ServerStartError(msg)
+
+    def set_server_address(self, name: str, address: str) -> None:
+        """Point backend server ``name`` at ``host:port`` (runtime API; no reload, no lost request).
+
+        Used to swap a replica for its replacement: the slot keeps its name and
+        health-check state machine, and only the new address is checked.
+        """
+        assert self._workdir is not None
+        host, _, port = address.rpartition(":")
+        command = f"set server replicas/{name} addr {host} port {port}\n"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self._workdir / "admin.sock"))
+            sock.sendall(command.encode("ascii"))
+            answer = sock.recv(4096).decode("utf-8", "replace")
+        if "changed" not in answer and "no need to change" not in answer:
+            msg = f"haproxy refused {command.strip()!r}: {answer.strip()}"
+            raise ServerStartError(msg)
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of HAProxy's console output."""
