@@ -6,6 +6,10 @@
   dead replica was holding when it died (Ray's proxy answers them 500; Ray
   does not replay a request a replica already accepted); new requests go to
   the surviving replica at once. The test states the count it saw.
+* under steady load, an autoscaled application (1 to 2 replicas) gets its
+  second replica within ``upscale_delay_s`` plus the time the load takes to
+  reach Ray's autoscaler (see ``DECISION_MARGIN_S``), read from
+  ``serve.status()``; the new replica then answers.
 """
 
 from __future__ import annotations
@@ -35,6 +39,14 @@ def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
         yield patch
 
 
+def _tiny_model_settings(model_dir: Path) -> ServiceSettings:
+    return ServiceSettings(
+        max_wait_ms=2,
+        rerank={"model": str(model_dir), "device": "cpu", "dtype": "float32", "backend": "torch"},
+        cache={"backend": "none"},
+    )
+
+
 @pytest.fixture(scope="module")
 def ray_app(tiny_cross_encoder_dir: Path, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[str]:
     import ray
@@ -53,16 +65,7 @@ def ray_app(tiny_cross_encoder_dir: Path, monkeypatch_module: pytest.MonkeyPatch
     )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    settings = ServiceSettings(
-        max_wait_ms=2,
-        rerank={
-            "model": str(tiny_cross_encoder_dir),
-            "device": "cpu",
-            "dtype": "float32",
-            "backend": "torch",
-        },
-        cache={"backend": "none"},
-    )
+    settings = _tiny_model_settings(tiny_cross_encoder_dir)
     options = RayServeOptions(num_replicas=2, num_cpus=0.5, health_check_period_s=2)
     try:
         serve.run(build_application(settings=settings, options=options), name=APP, route_prefix="/")
@@ -126,3 +129,95 @@ def test_a_killed_replica_is_replaced_and_requests_keep_succeeding(ray_app: str)
     assert report.ok >= 30
     assert report.failed <= 4, dict(report.outcomes)
     assert set(report.outcomes) <= {"200", "500"}, dict(report.outcomes)
+
+
+# Autoscaling under load. The application is deployed after the failover test
+# (tests run in file order) next to the fixed one, on the same Ray instance:
+# 2 fixed replicas at 0.5 CPU plus up to 2 autoscaled ones at 0.25 CPU fit the
+# fixture's num_cpus=2 with room for the failover test's replacement.
+SCALED_APP = "secondpass-autoscaled"
+SCALED_PREFIX = "/scaled"
+UPSCALE_DELAY_S = 3.0
+METRICS_INTERVAL_S = 0.5
+LOOK_BACK_PERIOD_S = 2.0
+SCHEDULING_SLACK_S = 5.0
+DECISION_MARGIN_S = METRICS_INTERVAL_S + LOOK_BACK_PERIOD_S + SCHEDULING_SLACK_S
+"""How much later than ``upscale_delay_s`` (counted from the first loaded request) Ray may decide.
+
+* ``METRICS_INTERVAL_S``: the proxy's handle pushes its queued + ongoing
+  request count to the controller this often, so the first loaded sample
+  arrives up to one interval late;
+* ``LOOK_BACK_PERIOD_S``: the autoscaler compares the mean over this window
+  with the target; 4 clients keep about 4 requests ongoing against a target of
+  1, so the mean passes it within a quarter of the window (the whole window
+  is the bound); only then does the ``upscale_delay_s`` clock start;
+* ``SCHEDULING_SLACK_S``: the controller's 0.1 s loop, this test's
+  ``serve.status()`` polls and the proxy are late on the shared 2-core
+  machine (load average ~15 while the new replica's model loads).
+"""
+NEW_REPLICA_TIMEOUT_S = 300.0
+"""A new replica loads the model before it may answer; minutes on this machine, but bounded."""
+
+
+def _scaled_replica_states() -> dict[str, int]:
+    """The autoscaled deployment's replica counts by state, as Ray Serve reports them."""
+    from ray import serve
+
+    deployment = serve.status().applications[SCALED_APP].deployments[SCALED_APP]
+    return {str(state.value): count for state, count in deployment.replica_states.items()}
+
+
+def test_scale_up_under_load_within_the_upscale_delay(
+    ray_app: str, tiny_cross_encoder_dir: Path
+) -> None:
+    from ray import serve
+
+    options = RayServeOptions(
+        name=SCALED_APP,
+        min_replicas=1,
+        max_replicas=2,
+        target_ongoing_requests=1,
+        upscale_delay_s=UPSCALE_DELAY_S,
+        metrics_interval_s=METRICS_INTERVAL_S,
+        look_back_period_s=LOOK_BACK_PERIOD_S,
+        num_cpus=0.25,
+        health_check_period_s=2,
+    )
+    application = build_application(
+        settings=_tiny_model_settings(tiny_cross_encoder_dir), options=options
+    )
+    serve.run(application, name=SCALED_APP, route_prefix=SCALED_PREFIX)
+    url = f"{ray_app}{SCALED_PREFIX}"
+    try:
+        assert _scaled_replica_states() == {"RUNNING": 1}
+        decided_after = None
+        with SteadyLoad(url, clients=4, timeout_s=60) as load:
+            started = time.monotonic()
+            bound = started + UPSCALE_DELAY_S + DECISION_MARGIN_S
+            while time.monotonic() < bound + 30:  # keep looking past the bound, to report it
+                states = _scaled_replica_states()
+                if sum(states.values()) >= 2:
+                    decided_after = time.monotonic() - started
+                    break
+                load.wait_for(1)
+            print(f"ray upscale: decided {decided_after} s after the load began; replicas {states}")
+            seen: set[str] = set()
+            deadline = time.monotonic() + NEW_REPLICA_TIMEOUT_S
+            while decided_after is not None and len(seen) < 2 and time.monotonic() < deadline:
+                load.wait_for(4)
+                seen |= _replicas_answering(url, f"scaled {load.answered()}", 4)
+            answered_after = time.monotonic() - started
+            report = load.stop()
+        print(
+            f"ray upscale: {len(seen)} replicas answered {answered_after:.0f} s after the load "
+            f"began; load {dict(report.outcomes)}"
+        )
+        assert decided_after is not None, f"no second replica in {bound - started + 30:.1f} s"
+        # Ray must wait out the delay (the load was already there), and not much longer.
+        assert UPSCALE_DELAY_S <= decided_after <= UPSCALE_DELAY_S + DECISION_MARGIN_S
+        assert len(seen) == 2, f"the new replica did not answer in {NEW_REPLICA_TIMEOUT_S:g} s"
+        # scaling up costs the clients nothing: the old replica serves while the new one loads
+        assert report.failed == 0, dict(report.outcomes)
+    finally:
+        serve.delete(SCALED_APP)
+    assert SCALED_APP not in serve.status().applications

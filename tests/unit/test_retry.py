@@ -494,3 +494,37 @@ def test_without_a_deadline_the_body_keeps_the_configured_server_timeout(
         connector.close()
     assert _server_timeout_ms(stub.requests[0][3]) == 10_000
     assert _server_timeout_ms(stub.requests[1][3]) == 10_000  # capped by the request timeout
+
+
+async def test_engine_calls_carry_the_current_traceparent(
+    stub: StubEngine, engine_name: str
+) -> None:
+    """A ``/v1/search`` trace continues into the engine: sync and async connectors send it."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from secondpass.observability import tracing
+
+    with _connector(engine_name, stub.url) as connector:
+        connector.search(SearchRequest("untraced"))
+    assert "traceparent" not in {k.lower() for k in stub.requests[-1][2]}  # off: nothing added
+
+    provider = TracerProvider()
+    tracing.enable(provider)
+    try:
+        with _connector(engine_name, stub.url) as connector, tracing.span("sync search"):
+            connector.search(SearchRequest("one"))
+            sync_trace = tracing.current_trace_id()
+        connector = ASYNC[engine_name](index="docs", fields=["title"], hosts=[stub.url], **FAST)
+        try:
+            with tracing.span("async search"):
+                await connector.search(SearchRequest("two"))
+                async_trace = tracing.current_trace_id()
+        finally:
+            await connector.close()
+    finally:
+        tracing.disable()
+        provider.shutdown()
+    sent = [{k.lower(): v for k, v in r[2].items()}.get("traceparent") for r in stub.requests[-2:]]
+    assert sent[0] is not None and sent[0].split("-")[1] == sync_trace
+    assert sent[1] is not None and sent[1].split("-")[1] == async_trace
+    assert sync_trace != async_trace

@@ -235,7 +235,11 @@ class _ConnectorCore(Generic[ClientT]):
         raise NotImplementedError
 
     def _api(self, client: ClientT, timeout_s: float) -> Any:
-        """The client to call APIs on with a per-request timeout of ``timeout_s``."""
+        """The client to call APIs on with a per-request timeout of ``timeout_s``.
+
+        It also sends the current span's ``traceparent`` (see
+        :func:`secondpass.observability.tracing.trace_headers`) when tracing is on.
+        """
         raise NotImplementedError
 
     @staticmethod

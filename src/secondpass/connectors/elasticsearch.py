@@ -19,6 +19,7 @@ from secondpass.connectors._common import AsyncConnector, SyncConnector, client_
 from secondpass.connectors._query import Engine
 from secondpass.connectors._retry import error_for_status, unavailable
 from secondpass.errors import ConnectorError, QueryError
+from secondpass.observability.tracing import trace_headers
 
 if TYPE_CHECKING:
     from elasticsearch import AsyncElasticsearch, Elasticsearch
@@ -99,6 +100,9 @@ class _ElasticsearchHooks:
 
     @staticmethod
     def _api(client: Any, timeout_s: float) -> Any:
+        headers = trace_headers()
+        if headers:
+            return client.options(request_timeout=timeout_s, headers=headers)
         return client.options(request_timeout=timeout_s)
 
     _translate = staticmethod(translate_error)

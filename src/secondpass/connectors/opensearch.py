@@ -16,6 +16,7 @@ from secondpass.connectors._common import AsyncConnector, SyncConnector, client_
 from secondpass.connectors._query import Engine
 from secondpass.connectors._retry import error_for_status, unavailable
 from secondpass.errors import ConfigurationError, ConnectorError, QueryError
+from secondpass.observability.tracing import trace_headers
 
 if TYPE_CHECKING:
     from opensearchpy import AsyncOpenSearch, OpenSearch
@@ -56,17 +57,22 @@ class _Timed:
     ``request_timeout`` instead. Namespaces (``client.indices``) are wrapped too.
     """
 
-    __slots__ = ("_target", "_timeout_s")
+    __slots__ = ("_headers", "_target", "_timeout_s")
 
-    def __init__(self, target: Any, timeout_s: float) -> None:
+    def __init__(self, target: Any, timeout_s: float, headers: dict[str, str] | None = None) -> None:
         self._target = target
         self._timeout_s = timeout_s
+        self._headers = headers
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._target, name)
         if callable(attr):
+            if self._headers:
+                return functools.partial(
+                    attr, request_timeout=self._timeout_s, headers=self._headers
+                )
             return functools.partial(attr, request_timeout=self._timeout_s)
-        return _Timed(attr, self._timeout_s)
+        return _Timed(attr, self._timeout_s, self._headers)
 
 
 class _OpenSearchHooks:
@@ -81,7 +87,7 @@ class _OpenSearchHooks:
 
     @staticmethod
     def _api(client: Any, timeout_s: float) -> Any:
-        return _Timed(client, timeout_s)
+        return _Timed(client, timeout_s, trace_headers())
 
     _translate = staticmethod(translate_error)
 

@@ -49,6 +49,9 @@ __all__ = ["REPLICA_HEADER", "RayServeOptions", "app_builder", "build_applicatio
 REPLICA_HEADER = "x-secondpass-replica"
 """Response header naming the Ray Serve replica that answered."""
 
+_RAY_METRICS_INTERVAL_S = 10.0
+"""Ray Serve's default ``metrics_interval_s`` (``ray.serve.config``), for validating the window."""
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -61,9 +64,16 @@ class RayServeOptions(BaseModel):
     Either a fixed ``num_replicas`` or autoscaling between ``min_replicas`` and
     ``max_replicas`` on ``target_ongoing_requests`` per replica (Ray's
     autoscaler; ``upscale_delay_s``/``downscale_delay_s`` are how long the load
-    must stay above/below target before it acts). ``num_gpus`` may be a
-    fraction: ``0.5`` packs two replicas on one GPU (each then needs half its
-    memory; see docs/scaling.md for the token budget to pair with it).
+    must stay above/below target before it acts). How soon it can see the load
+    at all is set by ``metrics_interval_s`` (how often replicas and proxies
+    push their ongoing-request counts; Ray's default 10 s) and
+    ``look_back_period_s`` (the window those counts are averaged over; Ray's
+    default 30 s): a scale-up lands roughly ``upscale_delay_s`` plus one push
+    interval plus part of the window after the load arrives, so shorten them
+    together with ``upscale_delay_s`` when a spike must be met fast. Left
+    unset, Ray's defaults apply. ``num_gpus`` may be a fraction: ``0.5``
+    packs two replicas on one GPU (each then needs half its memory; see
+    docs/scaling.md for the token budget to pair with it).
 
     Example:
         >>> RayServeOptions(min_replicas=1, max_replicas=4).autoscaling_config()["max_replicas"]
@@ -79,6 +89,12 @@ class RayServeOptions(BaseModel):
     target_ongoing_requests: float = Field(default=16.0, gt=0)
     upscale_delay_s: float = Field(default=10.0, ge=0)
     downscale_delay_s: float = Field(default=120.0, ge=0)
+    metrics_interval_s: float | None = Field(
+        default=None, gt=0, description="how often load is pushed to Ray's autoscaler"
+    )
+    look_back_period_s: float | None = Field(
+        default=None, gt=0, description="window the autoscaler averages the load over"
+    )
     num_cpus: float = Field(default=1.0, ge=0, description="CPUs reserved per replica")
     num_gpus: float = Field(default=0.0, ge=0, description="GPUs per replica (fractions allowed)")
     max_ongoing_requests: int = Field(
@@ -98,19 +114,40 @@ class RayServeOptions(BaseModel):
         if autoscaled and (self.min_replicas or 0) > (self.max_replicas or 1):
             msg = "min_replicas must not exceed max_replicas"
             raise ValueError(msg)
+        tuned = self.metrics_interval_s is not None or self.look_back_period_s is not None
+        if tuned and not autoscaled:
+            msg = "metrics_interval_s/look_back_period_s tune autoscaling: give min_replicas/max_replicas"
+            raise ValueError(msg)
+        # Ray only warns here, but a window no longer than one push holds at most
+        # one sample, so the autoscaler would act on a single reading.
+        interval = (
+            _RAY_METRICS_INTERVAL_S if self.metrics_interval_s is None else self.metrics_interval_s
+        )
+        if self.look_back_period_s is not None and self.look_back_period_s <= interval:
+            default = " (Ray's default)" if self.metrics_interval_s is None else ""
+            msg = (
+                f"look_back_period_s={self.look_back_period_s:g} must exceed "
+                f"metrics_interval_s={interval:g}{default}"
+            )
+            raise ValueError(msg)
         return self
 
     def autoscaling_config(self) -> dict[str, Any] | None:
         """Ray's ``autoscaling_config``, or ``None`` for a fixed replica count."""
         if self.min_replicas is None and self.max_replicas is None:
             return None
-        return {
+        config: dict[str, Any] = {
             "min_replicas": 1 if self.min_replicas is None else self.min_replicas,
             "max_replicas": self.max_replicas or max(1, self.min_replicas or 1),
             "target_ongoing_requests": self.target_ongoing_requests,
             "upscale_delay_s": self.upscale_delay_s,
             "downscale_delay_s": self.downscale_delay_s,
         }
+        if self.metrics_interval_s is not None:
+            config["metrics_interval_s"] = self.metrics_interval_s
+        if self.look_back_period_s is not None:
+            config["look_back_period_s"] = self.look_back_period_s
+        return config
 
     def deployment_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``serve.deployment`` for these options."""

@@ -53,6 +53,7 @@ __all__ = [
     "record",
     "server_span",
     "span",
+    "trace_headers",
     "traced_stage",
 ]
 
@@ -165,6 +166,17 @@ def inject(headers: MutableMapping[str, str]) -> None:
     """Add the current span's W3C ``traceparent`` (and ``tracestate``) to ``headers``."""
     if _tracer is not None:
         _w3c.inject(headers)
+
+
+def trace_headers() -> dict[str, str]:
+    """The W3C headers of the current span for an outgoing call; empty when tracing is off.
+
+    The connectors add them to their engine calls, so a ``/v1/search`` trace
+    continues into Elasticsearch/OpenSearch as the proxy's upstream calls do.
+    """
+    headers: dict[str, str] = {}
+    inject(headers)
+    return headers
 
 
 def current_context() -> object | None:
