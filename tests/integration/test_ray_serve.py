@@ -164,7 +164,8 @@ def _scaled_replica_states() -> dict[str, int]:
     from ray import serve
 
     deployment = serve.status().applications[SCALED_APP].deployments[SCALED_APP]
-    return {str(state.value): count for state, count in deployment.replica_states.items()}
+    # keys are ReplicaState values (plain strings once they crossed from the controller)
+    return {str(getattr(s, "value", s)): n for s, n in deployment.replica_states.items()}
 
 
 def test_scale_up_under_load_within_the_upscale_delay(
@@ -200,7 +201,8 @@ def test_scale_up_under_load_within_the_upscale_delay(
                     decided_after = time.monotonic() - started
                     break
                 load.wait_for(1)
-            print(f"ray upscale: decided {decided_after} s after the load began; replicas {states}")
+            shown = "never" if decided_after is None else f"{decided_after:.1f} s"
+            print(f"ray upscale: decided {shown} after the load began; replicas {states}")
             seen: set[str] = set()
             deadline = time.monotonic() + NEW_REPLICA_TIMEOUT_S
             while decided_after is not None and len(seen) < 2 and time.monotonic() < deadline:

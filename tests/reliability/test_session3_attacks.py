@@ -16,9 +16,12 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import socket
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -28,8 +31,10 @@ import pytest
 from secondpass.proxy import BackgroundProxy, ProxySettings, RerankProxy
 from secondpass.proxy.access import DEFAULT_ALLOWED_REQUESTS
 from tests.fixtures.servers import SECURE_PASSWORD
+from tests.fixtures.service import ServiceProcess
 from tests.reliability.test_proxy_authority import Answer, CountingTransport
 from tests.reliability.test_proxy_authority import raw_request as _raw_request
+from tests.support.secrets import CLIENT_KEY
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
@@ -177,7 +182,12 @@ def test_lent_discovery_with_a_key_hands_out_only_the_proxy(setup: Setup) -> Non
         assert _addresses(answer.json()) == {proxy}
         assert setup.engine_netloc.encode() not in answer.body
     leaked = []
-    for query in ("format=yaml", "format=cbor", "format=smile", "filter_path=nodes.*.http&format=yaml"):
+    for query in (
+        "format=yaml",
+        "format=cbor",
+        "format=smile",
+        "filter_path=nodes.*.http&format=yaml",
+    ):
         answer = raw_request(setup.lent_url, "GET", f"/_nodes/http?{query}", headers=key)
         assert answer.status < 500, (query, answer.body[:300])
         if setup.engine_netloc.encode() in answer.body:
@@ -318,15 +328,15 @@ def test_reranked_answer_compression_follows_accept_encoding(
 
 @pytest.mark.parametrize(
     "value",
-    ["abc\x1b[31mred", "a\tb", 'x" "injected": "1', "{}", "é-latin1", "x" * 4000, KEY, f"req-{KEY}"],
-    ids=["ansi", "tab", "json-quote", "braces", "non-ascii", "4k", "key", "key-inside"],
+    ["a\tb", 'x" "injected": "1', "{}", "é-latin1", "x" * 4000, KEY, f"req-{KEY}"],
+    ids=["tab", "json-quote", "braces", "non-ascii", "4k", "key", "key-inside"],
 )
 def test_unsafe_request_ids_are_replaced_not_echoed(setup: Setup, value: str) -> None:
     """A request id that could forge a log line or carries a client key is never echoed.
 
-    The client's header itself goes upstream unchanged (docs/observability.md),
-    so the engine may refuse it (Elasticsearch: 400 for a control character);
-    the proxy's own answer still carries a fresh, printable id.
+    The client's header itself goes upstream unchanged (docs/observability.md);
+    the proxy's own answer carries a fresh id. (A control character, which
+    poisons the upstream connection, has its own test below, on its own proxy.)
     """
     answer = raw_request(
         setup.lent_url,
@@ -360,3 +370,180 @@ def test_the_lent_password_is_never_taken_as_a_request_id(setup: Setup, value: s
     )
     assert answer.status == 200, answer.body[:300]
     assert answer.headers.get("x-request-id") != value
+
+
+# ------------------------------------------------ upstream connections poisoned by a header
+
+
+def _timed_request(base: str, target: str, headers: dict[str, str], *, timeout_s: float) -> int:
+    """One GET on a raw socket; its status, or 0 when no answer came within ``timeout_s``."""
+    url = urlsplit(base)
+    lines = [f"GET {target} HTTP/1.1", f"Host: {url.netloc}", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    with socket.create_connection((url.hostname, url.port), timeout=timeout_s) as sock:
+        sock.sendall(data)
+        try:
+            head = sock.recv(65536)
+        except TimeoutError:
+            return 0
+    return int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+
+
+@pytest.mark.parametrize("header", ["X-Request-ID", "X-Opaque-Id", "traceparent"])
+def test_a_control_character_in_a_forwarded_header_does_not_hang_the_next_client(
+    setup: Setup, tiny_scorer: Any, header: str, figures: Any
+) -> None:
+    """One anonymous request must not leave a pooled upstream connection that hangs the next client.
+
+    Elasticsearch answers ``400`` ("Validation failed for header") to a task
+    header holding a control character, keeps the connection open, and never
+    reads another request from it. Forwarded unchanged, such a header left the
+    proxy's pooled connection poisoned: the next client sent on it waited
+    forever (no upstream read timeout by default). A pool of one connection
+    makes the reuse certain; the legitimate client must be answered.
+    """
+    proxy = RerankProxy(
+        ProxySettings(upstream=setup.engine_url, listen="127.0.0.1:0", window=10,
+                      indices={"s3-docs-*": {"fields": ["body"]}}, max_connections=1),
+        scorer=tiny_scorer,
+    )  # fmt: skip
+    with BackgroundProxy(proxy) as url:
+        own = {"Authorization": _basic()}
+        assert _timed_request(url, f"/{setup.docs}/_count", own, timeout_s=10) == 200
+        poisoned = _timed_request(url, "/_cluster/health", {header: "ab\x1bc"}, timeout_s=10)
+        assert 400 <= poisoned < 500
+        started = time.monotonic()
+        status = _timed_request(url, f"/{setup.docs}/_count", own, timeout_s=5)
+        figures.add("poisoned upstream connection", f"next client's wait ({header})",
+                    time.monotonic() - started, "s")  # fmt: skip
+        assert status == 200, f"the next client got no answer in 5 s (status {status})"
+    proxy.retriever.close()
+
+
+# ------------------------------------------------------------------------ the service
+
+SECOND_KEY = "session3-second-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def keyed_service(service_factory: Callable[..., ServiceProcess]) -> ServiceProcess:
+    """``secondpass serve`` with two API keys, JSON logs at INFO, the memory score cache."""
+    return service_factory(
+        settings={"api_keys": [CLIENT_KEY, SECOND_KEY], "max_wait_ms": 2},
+        args=["--log-format", "json", "--log-level", "info"],
+    )
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "value"),
+    [
+        ("/v2/rerank", "max_tokens_per_doc", 0),
+        ("/v2/rerank", "max_tokens_per_doc", -1),
+        ("/v2/rerank", "max_tokens_per_doc", 2**31),
+        ("/v2/rerank", "max_tokens_per_doc", 2**64),
+        ("/v2/rerank", "max_tokens_per_doc", 1.5),
+        ("/v2/rerank", "max_tokens_per_doc", "3"),
+        ("/v2/rerank", "max_tokens_per_doc", [1]),
+        ("/v2/rerank", "max_tokens_per_doc", {"n": 1}),
+        ("/v2/rerank", "max_tokens_per_doc", True),
+        ("/v2/rerank", "max_tokens_per_doc", 1e308),
+        ("/v1/rerank", "max_chunks_per_doc", 0),
+        ("/v1/rerank", "max_chunks_per_doc", -1),
+        ("/v1/rerank", "max_chunks_per_doc", 10**6),
+        ("/v1/rerank", "max_chunks_per_doc", "2"),
+        ("/v2/rerank", "priority", 1.5),
+        ("/v2/rerank", "priority", "high"),
+        ("/v2/rerank", "return_documents", "maybe"),
+        ("/rerank", "truncation_direction", "LEFT"),
+        ("/rerank", "truncation_direction", "Middle"),
+        ("/rerank", "truncation_direction", ["Left"]),
+        ("/rerank", "truncation_direction", None),
+    ],
+)
+def test_truncation_fields_out_of_bounds_are_422_naming_the_field(
+    keyed_service: ServiceProcess, path: str, field: str, value: Any
+) -> None:
+    docs = ["cat dog bird " * 40, "fish horse"]
+    body: dict[str, Any] = (
+        {"query": "cat", "texts": docs, "truncate": True}
+        if path == "/rerank"
+        else {"model": "m", "query": "cat", "documents": docs}
+    )
+    with keyed_service.client() as client:
+        answer = client.post(path, json={**body, field: value}, headers=_bearer(CLIENT_KEY))
+    assert answer.status_code == 422, answer.text[:300]
+    assert field in answer.json()["error"]
+
+
+def test_a_cut_score_is_never_served_for_the_whole_document(keyed_service: ServiceProcess) -> None:
+    """The score cache keeps a ``max_tokens_per_doc`` cut apart from the whole document's score.
+
+    Asked in turns, by two API keys, cut and whole: each answer must be the one
+    a cold service gives (the first answer of each kind), never the other's.
+    """
+    long_doc = "zebra " * 3 + "cat dog bird fish " * 100
+    body = {"model": "m", "query": "cat", "documents": [long_doc, "cat"]}
+
+    def score(key: str, cut: int | None) -> float:
+        sent = body if cut is None else {**body, "max_tokens_per_doc": cut}
+        with keyed_service.client() as client:
+            answer = client.post("/v2/rerank", json=sent, headers=_bearer(key))
+        assert answer.status_code == 200, answer.text[:300]
+        return next(r["relevance_score"] for r in answer.json()["results"] if r["index"] == 0)
+
+    cut, whole = score(CLIENT_KEY, 3), score(SECOND_KEY, None)
+    assert abs(cut - whole) > 1e-6  # the cut changes the score: otherwise this proves nothing
+    for key in (CLIENT_KEY, SECOND_KEY):
+        assert score(key, None) == pytest.approx(whole, abs=1e-6)
+        assert score(key, 3) == pytest.approx(cut, abs=1e-6)
+        assert score(key, 4) != pytest.approx(cut, abs=1e-6)
+
+
+def test_info_and_health_leak_nothing_without_a_key(
+    keyed_service: ServiceProcess, tiny_cross_encoder_dir: Path
+) -> None:
+    with keyed_service.client() as client:
+        for key in (None, "wrong-key-0123456789", f"{CLIENT_KEY}x"):
+            headers = {} if key is None else _bearer(key)
+            info = client.get("/info", headers=headers)
+            assert info.status_code == 401, info.text[:300]
+            assert "model_id" not in info.text and "max_input_length" not in info.text
+        health = client.get("/health")
+        assert health.status_code == 200 and health.content == b""
+        info = client.get("/info", headers=_bearer(CLIENT_KEY))
+    assert info.status_code == 200
+    text = info.text
+    for secret in (
+        CLIENT_KEY,
+        SECOND_KEY,
+        str(tiny_cross_encoder_dir),
+        tiny_cross_encoder_dir.name,
+    ):
+        assert secret not in text, secret
+
+
+def test_request_ids_carrying_a_key_reach_neither_the_answer_nor_the_json_log(
+    keyed_service: ServiceProcess,
+) -> None:
+    """A key (or a line break, ANSI, 100 KB) sent as ``X-Request-ID`` is replaced; the log stays JSON."""
+    with keyed_service.client() as client:
+        for value in (CLIENT_KEY, f"id-{SECOND_KEY}", "abc\x1b[31m", "y" * 300):
+            answer = client.post(
+                "/v2/rerank",
+                json={"model": "m", "query": "cat", "documents": ["a cat"]},
+                headers={**_bearer(CLIENT_KEY), "X-Request-ID": value},
+            )
+            assert answer.status_code == 200, answer.text[:300]
+            assert answer.headers["x-request-id"] != value
+        huge = client.get("/health", headers={"X-Request-ID": "z" * 100_000})
+        assert huge.status_code == 431
+    log = keyed_service.log()
+    assert CLIENT_KEY not in log and SECOND_KEY not in log
+    for line in log.splitlines():
+        if line.startswith("{"):
+            json.loads(line)  # every JSON line is one whole object: nothing injected a break

@@ -20,6 +20,7 @@ from tests.fixtures.service import FakeScorer
 
 from secondpass.errors import (
     CircuitOpenError,
+    OverloadedError,
     RerankError,
     ScoringDeadlineError,
     ScoringUnavailableError,
@@ -409,6 +410,56 @@ async def test_a_cancelled_caller_never_reaches_the_model(engines) -> None:
     await engine.score("after", [("", "", "z")])
     assert gone.cancelled()
     assert all(q != "gone" for batch in scorer.batches for q, _ in batch)
+
+
+# ------------------------------------------------------------------------- calibration
+
+
+class _CostlyScorer(FakeScorer):
+    """FakeScorer whose forward pass costs 5 ms of wall time per pair, like a real model."""
+
+    def score_pairs(self, pairs, *, timings=None):  # type: ignore[no-untyped-def]
+        time.sleep(0.005 * len(pairs))  # the model's work, not a clock the test reads
+        return super().score_pairs(pairs, timings=timings)
+
+
+def _long_items(n: int) -> list[tuple[str, str, str]]:
+    return [("docs", str(i), f"passage {i} " + "cats purr and sleep all day " * 12) for i in range(n)]
+
+
+def test_calibration_measures_the_model_before_any_request_bypassing_the_cache(engines) -> None:
+    scorer, cache = FakeScorer(), RecordingCache()
+    engine = engines(scorer=scorer, cache=cache, options=BatchingOptions(max_batch_pairs=8))
+    assert engine.throughput() is None
+    rate = engine.calibrate()
+    assert rate is not None and rate > 0 and engine.throughput() == rate
+    assert [len(batch) for batch in scorer.batches] == [2]  # one batch a quarter full
+    assert cache.lookups == [] and cache.writes == []  # synthetic pairs never reach the cache
+
+
+async def test_a_calibrated_engine_refuses_a_cold_burst_that_cannot_finish_in_time(engines) -> None:
+    options = BatchingOptions(max_batch_pairs=8, max_wait_ms=1.0, max_queue_s=0.5)
+    # 10 requests of 40 pairs: each fits the 0.5 s limit alone (~0.2 s of model work at
+    # 5 ms a pair), all together (~2 s) do not.
+    burst = [(f"cats {r}", _long_items(40)) for r in range(10)]
+    calibrated = engines(scorer=_CostlyScorer(), options=options)
+    calibrated.calibrate()
+    outcomes = await asyncio.gather(
+        *(calibrated.score(q, items) for q, items in burst), return_exceptions=True
+    )
+    refused = [o for o in outcomes if isinstance(o, OverloadedError)]
+    assert refused and len(refused) < len(burst), outcomes
+    assert all(not isinstance(o, BaseException) for o in outcomes if o not in refused)
+    # Uncalibrated, only the pair bound decides: the whole burst is queued (then withdrawn).
+    scorer = FakeScorer()
+    cold = engines(scorer=scorer, options=options)
+    blocker = await asyncio.to_thread(_held, cold, scorer)
+    queued = [asyncio.create_task(cold.score(q, items)) for q, items in burst]
+    await _await_for(lambda: cold.queued_pairs == 400)
+    for task in queued:
+        task.cancel()
+    scorer.gate.set()  # type: ignore[union-attr]
+    await asyncio.to_thread(blocker.join, 5)
 
 
 # ------------------------------------------------------------------------- docs

@@ -271,3 +271,23 @@ async def test_a_versioned_type_the_client_sent_is_never_replaced() -> None:
         )
     assert response.status_code == 406  # the engine's answer to the client's own type
     assert {r.headers["content-type"] for r in upstream.requests} == {compat}
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "cbor", "smile", "YAML"])
+async def test_discovery_never_relays_a_node_list_it_could_not_rewrite(fmt: str) -> None:
+    """``format=yaml`` (or another) would carry the engine's address: asked as JSON instead."""
+    upstream = nodes_upstream()
+    async with make_client(upstream) as client:
+        client.base_url = httpx.URL("http://proxy.test:9201")
+        response = await client.get(f"/_nodes/http?format={fmt}&filter_path=nodes.*.http")
+    assert response.status_code == 200
+    assert "10.0.0." not in response.text
+    assert upstream.requests[0].url.raw_path == b"/_nodes/http?filter_path=nodes.*.http"
+
+    def yaml_anyway(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text="nodes:\n  a:\n    http:\n      publish_address: 10.0.0.5:9200\n")
+
+    async with make_client(Upstream(yaml_anyway)) as client:
+        client.base_url = httpx.URL("http://proxy.test:9201")
+        response = await client.get("/_nodes/http")
+    assert response.status_code == 502 and "10.0.0." not in response.text

@@ -211,8 +211,9 @@ async def test_concurrent_requests_share_forward_batches() -> None:
         scorer.gate.set()
         responses = await asyncio.gather(*tasks)
     assert all(r.status_code == 200 for r in responses)
-    queries = {q for q, _ in scorer.batches[-1]}
-    assert len(queries) == 6  # one forward pass served all six requests
+    # one forward pass served all six requests (the start-up calibration batch may ride along)
+    [batch] = [b for b in scorer.batches if any(q == "q0" for q, _ in b)]
+    assert {f"q{i}" for i in range(6)} <= {q for q, _ in batch}
 
 
 async def test_batching_off_never_mixes_requests() -> None:

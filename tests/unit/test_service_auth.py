@@ -104,8 +104,12 @@ async def test_every_route_and_method_refuses_requests_without_a_valid_key() -> 
                     if method != "HEAD":
                         message = r.json()["message"]
                         assert "API key" in message and KEY not in message, where
-    # no request reached a route that scores: the model was only probed at start
-    assert all(pair[0] == "readiness probe" for batch in scorer.batches for pair in batch)
+    # no request reached a route that scores: the model was only probed and calibrated at start
+    assert all(
+        pair[0] in ("readiness probe", "calibration query")
+        for batch in scorer.batches
+        for pair in batch
+    )
 
 
 @pytest.mark.parametrize("case", list(ACCEPTED))

@@ -630,3 +630,22 @@ def check_method(method: str) -> Refusal | None:
         return None
     shown = method[:16].encode("ascii", "backslashreplace").decode()
     return Refusal(405, f"method [{shown}] is not forwarded by this proxy")
+
+
+_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+"""Bytes no header value may hold (RFC 9110 5.5: field values are VCHAR, SP, HTAB, obs-text)."""
+
+
+def check_header_values(headers: Sequence[tuple[bytes, bytes]]) -> Refusal | None:
+    """400 naming the first header whose value holds a control byte (checked before forwarding).
+
+    Elasticsearch answers such a header 400 but then never reads another
+    request from that connection; forwarded, one anonymous request poisoned a
+    pooled upstream connection and the next client on it waited for ever. The
+    proxy therefore refuses the whole class itself, in every mode.
+    """
+    for name, value in headers:
+        if _CONTROL_BYTES.search(value):
+            shown = name[:64].decode("ascii", "backslashreplace")
+            return Refusal(400, f"header [{shown}] holds a control character")
+    return None

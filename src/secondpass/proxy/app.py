@@ -49,6 +49,7 @@ from secondpass.proxy.plumbing import (
     replay,
 )
 from secondpass.proxy.search import SearchReranker, build_retriever
+from secondpass.redaction import register_secrets_from
 from secondpass.service.http_limits import (
     AnsweredConnectionGuard,
     BoundedInputMiddleware,
@@ -92,6 +93,9 @@ class RerankProxy:
     ) -> None:
         # Refuses credentials without lend_credentials before anything is served.
         self._gate = settings.access_gate()
+        # Its secrets never reach logs, nor are taken as a request id, however
+        # the proxy was built (the CLI registers them too; a library caller may not).
+        register_secrets_from(settings)
         self.metrics = ProxyMetrics() if metrics is None else metrics
         self._owned_engine: ScoringEngine | None = None
         if retriever is None:
@@ -185,9 +189,11 @@ class RerankProxy:
         await self._guarded(scope, receive, send)
 
     async def _gate_and_route(self, scope: Scope, receive: Receive, send: Send) -> None:
-        wrong_method = access.check_method(scope["method"])
-        if wrong_method is not None:
-            await refuse(send, wrong_method)
+        wrong = access.check_method(scope["method"]) or access.check_header_values(
+            scope["headers"]
+        )
+        if wrong is not None:
+            await refuse(send, wrong)
             return
         target = scope.get("raw_path") or scope["path"].encode("utf-8")
         path = access.origin_form(target.split(b"?", 1)[0])

@@ -123,6 +123,17 @@ def published(answer: Mapping[str, Any], address: str) -> dict[str, Any]:
     return out
 
 
+def _as_json(query: bytes) -> bytes:
+    """The client's query without the proxy's own parameters and without ``format``.
+
+    The answer must be JSON for the proxy to put its own address in it; a
+    ``format=yaml`` (or cbor, smile) answer would carry the engine's address.
+    """
+    params = rules.split_query(query)
+    kept = [p for p in params if p.key not in (rules.OPT_OUT_PARAM, "format")]
+    return query if len(kept) == len(params) else rules.join_query(kept)
+
+
 class NodeDiscovery:
     """Answers the node-discovery calls (:func:`is_node_discovery`) with the proxy's address."""
 
@@ -135,18 +146,17 @@ class NodeDiscovery:
     ) -> None:
         """Ask the engine, publish the proxy in its place, answer the client.
 
-        An engine error (401, 404, ...) or an answer that is not a JSON object
-        (``format=yaml``) comes back as the engine sent it; an unreachable engine
-        is 502/504 as for any other call.
+        An engine error (401, 404, ...) comes back as the engine sent it; a
+        ``format`` parameter is dropped (the answer must be JSON to be
+        rewritten), and a 200 answer that still cannot be rewritten is 502,
+        never relayed; an unreachable engine is 502/504 as for any other call.
         """
         headers = self._upstream.up_headers(
             incoming.headers, REWRITTEN_UP | {b"accept", b"content-type"}
         )
         headers.append((b"accept", _ASKED_AS))
         request = httpx.Request(
-            "GET",
-            self._upstream.url(incoming.raw_path, rules.strip_own_params(incoming.query)),
-            headers=headers,
+            "GET", self._upstream.url(incoming.raw_path, _as_json(incoming.query)), headers=headers
         )
         try:
             response = await self._upstream.send(request)
@@ -157,10 +167,20 @@ class NodeDiscovery:
         address = publish_address(self._configured, server, incoming.header(b"host"))
         parsed = json_object(response)
         kept = [(k, v) for k, v in response.headers.raw if k.lower() not in REWRITTEN_DOWN]
-        if response.status_code != 200 or parsed is None or address is None:
-            if response.status_code == 200:
-                logger.warning("node discovery relayed unchanged: not JSON, or no own address")
+        if response.status_code != 200:
             answer = Answer(response.status_code, kept, response.content)
+        elif parsed is None or address is None:
+            # Never relay a node list the proxy could not rewrite: it names the
+            # engine's own address, which a sniffing client would then use directly.
+            logger.warning("node discovery refused: the answer is not JSON, or no own address")
+            body = {
+                "error": {
+                    "type": "secondpass_proxy_exception",
+                    "reason": "node discovery: the node list could not be rewritten to the proxy",
+                },
+                "status": 502,
+            }
+            answer = Answer(502, [(b"content-type", b"application/json")], dump(body))
         else:
             kept = [(k, v) for k, v in kept if k.lower() != b"content-type"]
             kept.append((b"content-type", b"application/json"))

@@ -29,7 +29,9 @@ def build_proxy(settings: ProxySettings) -> RerankProxy:
 
     scorer = CrossEncoderScorer(settings=settings.rerank)
     scorer.warm_up()
-    return RerankProxy(settings, scorer=scorer, cache=build_cache(settings.cache))
+    proxy = RerankProxy(settings, scorer=scorer, cache=build_cache(settings.cache))
+    proxy.retriever.engine.calibrate()  # admission plans in seconds from the first search on
+    return proxy
 
 
 def _uvicorn_config(app: RerankProxy, settings: ProxySettings, *, host: str, port: int) -> Any:

@@ -183,6 +183,8 @@ class ServiceState:
                     build_search, s, engine
                 )
             await self.probe()
+            if self.model_ok:  # admission plans in seconds from the first request on
+                await asyncio.to_thread(engine.calibrate)
             # The model, torch and the clients are ~0.5 M long-lived objects; a full
             # garbage collection walks them all and stalls the event loop for
             # hundreds of ms (measured: 0.5 s on 2 CPU cores), and error bursts
