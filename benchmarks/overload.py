@@ -136,6 +136,19 @@ async def ramp_client(
                 await asyncio.sleep(args.pause_after_429_s)
 
 
+async def loop_lag(lags: list[float], tick_s: float = 0.01) -> None:
+    """Record how late this process's event loop wakes from a ``tick_s`` sleep.
+
+    The clients share the machine (and one event loop) with each other and,
+    here, 2 cores with the server: when the loop runs late, every latency the
+    clients measure includes that wait. Printed next to the figures it inflates.
+    """
+    while True:
+        started = time.perf_counter()
+        await asyncio.sleep(tick_s)
+        lags.append(max(0.0, time.perf_counter() - started - tick_s))
+
+
 async def ramp(url: str, args: argparse.Namespace) -> Answers:
     total = Answers()
     print(
@@ -145,12 +158,15 @@ async def ramp(url: str, args: argparse.Namespace) -> Answers:
     for step, clients in enumerate(args.steps):
         answers = Answers()
         stop_at = time.monotonic() + args.step_s
+        lags: list[float] = []
+        monitor = asyncio.create_task(loop_lag(lags))
         await asyncio.gather(
             *[
                 ramp_client(url, answers, stop_at, args, seed=step * 1000 + i)
                 for i in range(clients)
             ]
         )
+        monitor.cancel()
         other = sum(v for k, v in answers.statuses.items() if k not in ("200", "429"))
         print(
             f"{clients:>8}{sum(answers.statuses.values()):>9}{answers.statuses['200']:>7}"
@@ -159,6 +175,11 @@ async def ramp(url: str, args: argparse.Namespace) -> Answers:
         )
         if other:
             print(f"         other answers: {dict(answers.statuses)}")
+        print(
+            f"         this benchmark's own event loop ran late by p50 {pct(lags, 0.5) * 1000:.0f} ms,"
+            f" p99 {pct(lags, 0.99) * 1000:.0f} ms (a latency above includes up to that much"
+            " of the load generator's own wait for a CPU)"
+        )
         total.merge(answers)
     return total
 
