@@ -3,7 +3,7 @@
 Spans go to the OpenTelemetry SDK's in-memory exporter; the service runs around
 the deterministic FakeScorer and the proxy against a scripted upstream
 (httpx.MockTransport), as in test_service_app.py and test_proxy_app.py. The same
-against real processes and engines is in tests/integration/test_observability.py.
+against real processes and engines is in tests/integration/test_observability_process.py.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Against a scripted upstream (httpx.MockTransport) through the ASGI transport.
 The deadline reaches the engine twice: as the search's own server-side
 ``timeout`` in the body, and as the bound of the proxy's wait, after which the
 call is cancelled (not left running) and the client gets 504. The same on a
-real, paused engine: tests/reliability/test_proxy_deadline.py.
+real, paused engine: tests/reliability/test_proxy_upstream_deadline.py.
 """
 
 from __future__ import annotations
