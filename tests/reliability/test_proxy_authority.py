@@ -21,6 +21,7 @@ import json
 import socket
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -90,6 +91,31 @@ def raw_request(
     return Answer(int(status_line.split()[1]), parsed, rest[:length])
 
 
+def bulk_index(admin: httpx.Client, lines: list[dict[str, Any]]) -> None:
+    """Index ``lines`` (bulk action/source pairs) and refresh; fails the test on any error."""
+    bulk = admin.post("/_bulk", params={"refresh": "true"}, content="".join(json.dumps(x) + "\n" for x in lines),
+                      headers={"content-type": "application/x-ndjson"})  # fmt: skip
+    assert bulk.status_code == 200 and not bulk.json()["errors"], bulk.text
+
+
+@contextmanager
+def default_and_lent(
+    default: ProxySettings, lent: ProxySettings, scorer: Any
+) -> Iterator[tuple[str, str, CountingTransport, CountingTransport]]:
+    """Serve a default and a lending proxy, each counting its upstream calls; closed after."""
+    default_engine, lent_engine = CountingTransport(), CountingTransport()
+    proxies = (
+        RerankProxy(default, scorer=scorer, transport=default_engine),
+        RerankProxy(lent, scorer=scorer, transport=lent_engine),
+    )
+    try:
+        with BackgroundProxy(proxies[0]) as default_url, BackgroundProxy(proxies[1]) as lent_url:
+            yield default_url, lent_url, default_engine, lent_engine
+    finally:
+        for proxy in proxies:
+            proxy.retriever.close()
+
+
 @dataclass
 class Setup:
     engine_url: str
@@ -102,12 +128,17 @@ class Setup:
     lent_engine: CountingTransport
 
 
+def admin_client(secure: Any) -> httpx.Client:
+    """A client of the secured engine with its administrator's credentials."""
+    return httpx.Client(
+        base_url=secure.url, auth=(secure.username, SECURE_PASSWORD), timeout=TIMEOUT_S
+    )
+
+
 @pytest.fixture(scope="module")
 def setup(elasticsearch_secure: Any, tiny_scorer: Any) -> Iterator[Setup]:
     secure = elasticsearch_secure
-    admin = httpx.Client(
-        base_url=secure.url, auth=(secure.username, SECURE_PASSWORD), timeout=TIMEOUT_S
-    )
+    admin = admin_client(secure)
     docs, secret = (
         f"authority-docs-{uuid.uuid4().hex[:8]}",
         f"authority-secret-{uuid.uuid4().hex[:8]}",
@@ -119,37 +150,22 @@ def setup(elasticsearch_secure: Any, tiny_scorer: Any) -> Iterator[Setup]:
             {"body": f"cat food note {i} " + "tuna " * (i % 4)},
         ]
     lines += [{"index": {"_index": secret, "_id": "1"}}, {"body": "the secret"}]
-    bulk = admin.post("/_bulk", params={"refresh": "true"}, content="".join(json.dumps(x) + "\n" for x in lines),
-                      headers={"content-type": "application/x-ndjson"})  # fmt: skip
-    assert bulk.status_code == 200 and not bulk.json()["errors"], bulk.text
+    bulk_index(admin, lines)
     host = urlsplit(secure.url)
     indices = {"authority-docs-*": {"fields": ["body"]}}
-    default_engine, lent_engine = CountingTransport(), CountingTransport()
-    default = RerankProxy(
-        ProxySettings(upstream=secure.url, listen="127.0.0.1:0", window=10, indices=indices),
-        scorer=tiny_scorer,
-        transport=default_engine,
+    default = ProxySettings(upstream=secure.url, listen="127.0.0.1:0", window=10, indices=indices)
+    lent = ProxySettings(
+        # credentials in the URL's userinfo: moved into the settings, never in a URL
+        upstream=f"http://{secure.username}:{SECURE_PASSWORD}@{host.hostname}:{host.port}",
+        listen="127.0.0.1:0",
+        window=10,
+        indices=indices,
+        lend_credentials=True,
+        client_api_keys=[KEY],
     )
-    lent = RerankProxy(
-        ProxySettings(
-            # credentials in the URL's userinfo: moved into the settings, never in a URL
-            upstream=f"http://{secure.username}:{SECURE_PASSWORD}@{host.hostname}:{host.port}",
-            listen="127.0.0.1:0",
-            window=10,
-            indices=indices,
-            lend_credentials=True,
-            client_api_keys=[KEY],
-        ),
-        scorer=tiny_scorer,
-        transport=lent_engine,
-    )
-    assert SECURE_PASSWORD not in lent.settings.upstream
-    with BackgroundProxy(default) as default_url, BackgroundProxy(lent) as lent_url:
-        yield Setup(
-            secure.url, admin, docs, secret, default_url, lent_url, default_engine, lent_engine
-        )
-    for proxy in (default, lent):
-        proxy.retriever.close()
+    assert SECURE_PASSWORD not in lent.upstream
+    with default_and_lent(default, lent, tiny_scorer) as (default_url, lent_url, d, le):
+        yield Setup(secure.url, admin, docs, secret, default_url, lent_url, d, le)
     admin.delete(f"/{docs},{secret}")
     admin.close()
 

@@ -25,14 +25,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import httpx
 import pytest
 
 from secondpass.proxy import BackgroundProxy, ProxySettings, RerankProxy
 from secondpass.proxy.access import DEFAULT_ALLOWED_REQUESTS
 from tests.fixtures.servers import SECURE_PASSWORD
 from tests.fixtures.service import ServiceProcess
-from tests.reliability.test_proxy_authority import Answer, CountingTransport
+from tests.reliability.test_proxy_authority import (
+    Answer,
+    admin_client,
+    bulk_index,
+    default_and_lent,
+)
+from tests.reliability.test_proxy_authority import Setup as AuthoritySetup
 from tests.reliability.test_proxy_authority import raw_request as _raw_request
 from tests.support.secrets import CLIENT_KEY
 
@@ -44,63 +49,39 @@ DISCOVERY = ("GET /_nodes/http", "GET /_nodes/_all/http")
 
 
 @dataclass
-class Setup:
-    engine_url: str
-    engine_netloc: str  # host:port of the engine's HTTP, which no client of the proxy may learn
-    admin: httpx.Client
-    docs: str
-    secret: str
-    default_url: str
-    lent_url: str
-    default_engine: CountingTransport
-    lent_engine: CountingTransport
+class Setup(AuthoritySetup):
+    engine_netloc: str = ""  # host:port of the engine's HTTP, which no client of the proxy may learn
 
 
 @pytest.fixture(scope="module")
 def setup(elasticsearch_secure: Any, tiny_scorer: Any) -> Iterator[Setup]:
     secure = elasticsearch_secure
-    admin = httpx.Client(
-        base_url=secure.url, auth=(secure.username, SECURE_PASSWORD), timeout=TIMEOUT_S
-    )
+    admin = admin_client(secure)
     tag = uuid.uuid4().hex[:8]
     docs, secret = f"s3-docs-{tag}", f"s3-secret-{tag}"
     lines: list[dict[str, Any]] = []
     for i in range(12):
         lines += [{"index": {"_index": docs, "_id": str(i)}}, {"body": f"cat food note {i}"}]
     lines += [{"index": {"_index": secret, "_id": "1"}}, {"body": "cat the secret"}]
-    bulk = admin.post("/_bulk", params={"refresh": "true"}, content="".join(json.dumps(x) + "\n" for x in lines),
-                      headers={"content-type": "application/x-ndjson"})  # fmt: skip
-    assert bulk.status_code == 200 and not bulk.json()["errors"], bulk.text
+    bulk_index(admin, lines)
     host = urlsplit(secure.url)
     indices = {"s3-docs-*": {"fields": ["body"]}}
-    default_engine, lent_engine = CountingTransport(), CountingTransport()
-    default = RerankProxy(
-        ProxySettings(upstream=secure.url, listen="127.0.0.1:0", window=10, indices=indices),
-        scorer=tiny_scorer,
-        transport=default_engine,
+    default = ProxySettings(upstream=secure.url, listen="127.0.0.1:0", window=10, indices=indices)
+    lent = ProxySettings(
+        upstream=secure.url,
+        username=secure.username,
+        password=SECURE_PASSWORD,
+        listen="127.0.0.1:0",
+        window=10,
+        indices=indices,
+        lend_credentials=True,
+        client_api_keys=[KEY],
+        allowed_requests=[*DEFAULT_ALLOWED_REQUESTS, *DISCOVERY],
     )
-    lent = RerankProxy(
-        ProxySettings(
-            upstream=secure.url,
-            username=secure.username,
-            password=SECURE_PASSWORD,
-            listen="127.0.0.1:0",
-            window=10,
-            indices=indices,
-            lend_credentials=True,
-            client_api_keys=[KEY],
-            allowed_requests=[*DEFAULT_ALLOWED_REQUESTS, *DISCOVERY],
-        ),
-        scorer=tiny_scorer,
-        transport=lent_engine,
-    )
-    with BackgroundProxy(default) as default_url, BackgroundProxy(lent) as lent_url:
+    with default_and_lent(default, lent, tiny_scorer) as (default_url, lent_url, d, le):
         yield Setup(
-            secure.url, host.netloc, admin, docs, secret, default_url, lent_url,
-            default_engine, lent_engine,
-        )  # fmt: skip
-    for proxy in (default, lent):
-        proxy.retriever.close()
+            secure.url, admin, docs, secret, default_url, lent_url, d, le, engine_netloc=host.netloc
+        )
     admin.delete(f"/{docs},{secret}")
     admin.close()
 
