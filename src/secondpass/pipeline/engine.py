@@ -412,8 +412,9 @@ class ScoringEngine:
         batcher = self._batcher
         assert batcher is not None
         count = max(1, -(-batcher.max_batch_pairs // 4))
-        words = _CALIBRATION_WORDS * 6
-        pairs = [("calibration query", " ".join(words[i : i + 64])) for i in range(count)]
+        words, n = _CALIBRATION_WORDS * 4, len(_CALIBRATION_WORDS)
+        # 64 words each (~100 tokens), however many pairs: offsets cycle through the list
+        pairs = [("calibration query", " ".join(words[i % n : i % n + 64])) for i in range(count)]
         coro = batcher.submit(pairs, deadline=time.monotonic() + timeout_s)
         asyncio.run_coroutine_threadsafe(coro, loop).result()
         return batcher.throughput()
