@@ -173,18 +173,28 @@ def test_request_past_deadline_is_dropped_before_compute(
 ) -> None:
     svc = service_factory(model_dir=slow_cross_encoder_dir, settings={"request_timeout_ms": 300, "max_documents": 300})
     with svc.client() as client:
+        pairs_before = svc.metric("secondpass_batch_pairs_sum")
         r = client.post("/rerank", json={"query": "q", "texts": long_texts(300)})
-        batches_before = svc.metric("secondpass_batch_pairs_count")
-        time.sleep(0.5)
-        batches_after = svc.metric("secondpass_batch_pairs_count")
-    assert r.status_code == 503 and r.json()["error_type"] == "deadline_exceeded"
-    assert "retry-after" in r.headers
-    assert svc.metric("secondpass_rejected_requests_total", {"reason": "deadline"}) == 1
-    # 300 long pairs need ~5 batches; the dropped rest was never computed.
-    assert batches_after == batches_before
-    assert (
-        svc.metric("secondpass_batch_pairs_sum") < 300 + 1
-    )  # probe + what ran before the deadline
+        assert r.status_code == 503 and r.json()["error_type"] == "deadline_exceeded"
+        assert "retry-after" in r.headers
+        # The answer leaves at the deadline while a batch may still be computing. The model
+        # runs one batch at a time, so the first one-pair request answered 200 afterwards
+        # proves that every batch holding the dropped request's pairs has finished.
+        follow_ups = 0  # one-pair requests that reached the model (answered or timed out there)
+        give_up = time.monotonic() + 60
+        while time.monotonic() < give_up:
+            answer = client.post("/rerank", json={"query": "q", "texts": [f"after {uuid.uuid4()}"]})
+            if answer.status_code == 200 or answer.json().get("error_type") == "deadline_exceeded":
+                follow_ups += 1
+            if answer.status_code == 200:
+                break
+        assert answer.status_code == 200, answer.text
+        pairs_after = svc.metric("secondpass_batch_pairs_sum")
+    assert svc.metric("secondpass_rejected_requests_total", {"reason": "deadline"}) >= 1
+    # 300 long pairs need ~5 batches; what ran before the deadline (at most the batches
+    # started by then) plus the one-pair follow-ups is well short of all 300.
+    computed = pairs_after - pairs_before - follow_ups
+    assert computed < 300 - 32, (computed, follow_ups)
     svc.stop()
 
 
