@@ -196,6 +196,7 @@ _BATCHING_OPTIONS = (
     "max_batch_tokens",
     "max_wait_ms",
     "max_queue_pairs",
+    "compute_nice",
 )
 
 
@@ -241,6 +242,14 @@ class ScoringEngineSettings(BaseModel):
         description="most estimated seconds of queue wait plus scoring a request may be "
         "admitted with; more is refused at once (default: the service allows a third of "
         "request_timeout_ms, the proxy lets each search's deadline_ms alone decide)",
+    )
+    compute_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="CPU priority (Linux nice) of the model's threads, so the HTTP loops that "
+        "answer requests, 429s and health checks run first on a busy machine; 0 leaves them "
+        "as started",
     )
     breaker_failures: int = Field(
         default=5, ge=1, description="consecutive scoring failures that open the circuit breaker"

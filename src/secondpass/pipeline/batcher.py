@@ -57,6 +57,7 @@ from secondpass.errors import (
     ScoringDeadlineError,
     ScoringUnavailableError,
 )
+from secondpass.pipeline import cpu_priority
 from secondpass.pipeline.protocols import Scorer
 from secondpass.types import PassageScore
 
@@ -99,7 +100,9 @@ class BatchingOptions:
     their names and defaults in one place. ``batching=False`` scores each
     request's pairs in batches of their own; ``max_batch_tokens`` is estimated
     (characters / 4 per pair); ``max_queue_s`` caps the estimated queue wait plus
-    scoring a request is admitted with (``None``: its deadline alone decides).
+    scoring a request is admitted with (``None``: its deadline alone decides);
+    ``compute_nice`` is the model thread's CPU priority (Linux nice, 0 leaves it;
+    see :mod:`secondpass.pipeline.cpu_priority`).
 
     Example:
         >>> BatchingOptions(max_wait_ms=2).max_batch_pairs
@@ -112,6 +115,7 @@ class BatchingOptions:
     max_wait_ms: float = 5.0
     max_queue_pairs: int = 8_192
     max_queue_s: float | None = None
+    compute_nice: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +249,13 @@ class DynamicBatcher:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="secondpass-model")
+        self.compute_nice = options.compute_nice
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="secondpass-model",
+            initializer=cpu_priority.lower_thread,
+            initargs=(options.compute_nice,),
+        )
 
     @property
     def queued_pairs(self) -> int:

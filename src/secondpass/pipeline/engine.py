@@ -71,6 +71,7 @@ from secondpass.errors import (
     ScoringUnavailableError,
 )
 from secondpass.observability import tracing
+from secondpass.pipeline import cpu_priority
 from secondpass.pipeline.batcher import BatchingOptions, BatchObserver, DynamicBatcher
 from secondpass.pipeline.breaker import CircuitBreaker
 from secondpass.pipeline.cache import LRUScoreCache, NullScoreCache, cache_keys
@@ -417,6 +418,9 @@ class ScoringEngine:
         pairs = [("calibration query", " ".join(words[i % n : i % n + 64])) for i in range(count)]
         coro = batcher.submit(pairs, deadline=time.monotonic() + timeout_s)
         asyncio.run_coroutine_threadsafe(coro, loop).result()
+        # The runtime's pools exist now (some started while the model loaded, on
+        # another thread): they go below the event loops too.
+        cpu_priority.lower_native_threads(batcher.compute_nice)
         return batcher.throughput()
 
     def close(self) -> None:
