@@ -10,4 +10,4 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 echo "== ruff"; .venv/bin/ruff check src tests benchmarks
 echo "== mypy"; .venv/bin/mypy
 echo "== pytest"
-.venv/bin/python -m pytest -p no:cacheprovider --timeout=600 "$@"
+.venv/bin/python -m pytest -p no:cacheprovider --timeout=600 --durations=25 "$@"
