@@ -28,6 +28,8 @@ from secondpass.errors import (
     OverloadedError,
     QueryError,
     RefusedQueryError,
+    RemoteRerankError,
+    RemoteRerankUnavailableError,
     RerankError,
     ScoringDeadlineError,
     ScoringUnavailableError,
@@ -42,6 +44,7 @@ from secondpass.pipeline.first_stage import HybridStage, LexicalStage
 from secondpass.pipeline.fusion import linear_fusion, reciprocal_rank_fusion
 from secondpass.pipeline.passages import PassageTemplate
 from secondpass.pipeline.protocols import DenseEncoder, ScoreCache, Scorer
+from secondpass.pipeline.remote import RemoteSettings, build_remote_scorer
 from secondpass.pipeline.retriever import Retriever
 from secondpass.pipeline.scorer import CrossEncoderScorer
 from secondpass.types import (
@@ -81,6 +84,9 @@ __all__ = [
     "RankedHit",
     "RedisScoreCache",
     "RefusedQueryError",
+    "RemoteRerankError",
+    "RemoteRerankUnavailableError",
+    "RemoteSettings",
     "RerankError",
     "RerankStatus",
     "Retriever",
@@ -96,6 +102,7 @@ __all__ = [
     "ServerStartError",
     "__version__",
     "build_cache",
+    "build_remote_scorer",
     "linear_fusion",
     "reciprocal_rank_fusion",
 ]

@@ -115,7 +115,10 @@ class ConnectionSettings(BaseSettings):
 class RerankSettings(BaseSettings):
     """Which cross-encoder to load and how to run it (env prefix ``SECONDPASS_RERANK_``).
 
-    ``model`` is a Hugging Face id or a local directory. ``device="auto"`` picks
+    ``model`` is a Hugging Face id or a local directory, or a rerank API
+    reference such as ``cohere:rerank-v3.5`` or ``tei:http://host:8080``
+    (docs/remote-rerankers.md; the device, dtype and backend settings then do
+    not apply). ``device="auto"`` picks
     CUDA, then MPS, then CPU; ``dtype="auto"`` is bf16 (fp16 where bf16 is not
     supported) on CUDA and fp32 elsewhere. ``max_length`` can only lower the
     model's own window. ``token_budget`` bounds one batch's padded size
@@ -136,6 +139,8 @@ class RerankSettings(BaseSettings):
     installed: OpenVINO fp32 on a CPU when the ``fast`` extra is there, else
     ONNX Runtime fp32, else torch; torch whenever the model runs on a GPU
     (see :meth:`~secondpass.pipeline.scorer.CrossEncoderScorer.backend`).
+    ``instruction`` is the default task instruction of an LLM (causal-LM)
+    reranker such as Qwen3-Reranker (see docs/rerank.md, "LLM rerankers").
     """
 
     model_config = SettingsConfigDict(env_prefix="SECONDPASS_RERANK_", extra="forbid")
@@ -158,6 +163,14 @@ class RerankSettings(BaseSettings):
     quantize: Literal["int8"] | None = None
     rank_by: Literal["normalized", "raw"] = "normalized"
     min_score: float | None = None
+    # LLM rerankers only (Qwen3-Reranker, bge-reranker-v2-gemma, ...): the task
+    # instruction of every request that brings none; None = the model's default.
+    instruction: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1000,
+        description="LLM rerankers: the task instruction of requests that bring none",
+    )
 
 
 class CacheSettings(BaseSettings):

@@ -135,5 +135,25 @@ class ModelLoadError(RerankError):
     """The model could not be loaded, or loading it would need an unsafe opt-in."""
 
 
+class RemoteRerankError(RerankError):
+    """A hosted or self-hosted rerank API refused a call or answered something unusable.
+
+    Not retried: the request itself is wrong (HTTP 400), the key is refused
+    (401/403) or the answer does not fit the protocol. ``status`` is the HTTP
+    status when the API answered one. The message never carries the API key.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class RemoteRerankUnavailableError(RemoteRerankError):
+    """A rerank API kept failing with retryable errors (connection, timeout, 429/502/503/504).
+
+    Raised once the retry policy's attempts or deadline are spent.
+    """
+
+
 class ServerStartError(SecondPassError):
     """A local engine or Redis process did not start; carries the tail of its log."""

@@ -47,7 +47,7 @@ def test_demo_starts_opensearch_reranks_offline_and_stops_it() -> None:
     # the default cross-encoder is not cached here: one line says so, the output names the fallback
     notices = [line for line in err.splitlines() if "BAAI/bge-reranker-v2-m3" in line]
     assert len(notices) == 1 and "not available" in notices[0]
-    assert "scorer: bi-encoder all-MiniLM-L6-v2 (fallback)" in out
+    assert "scorer: bi-encoder all-MiniLM-L6-v2 fused with first-stage rank (fallback)" in out
     assert "created index: 300 indexed" in out
     queries = sample_queries()[:2]
     for query in queries:

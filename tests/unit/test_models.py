@@ -10,7 +10,7 @@ import pytest
 
 from secondpass.errors import ModelLoadError
 from secondpass.pipeline.dense import BiEncoderScorer
-from secondpass.pipeline.models import FALLBACK_DESCRIPTION, load_scorer
+from secondpass.pipeline.models import FALLBACK_DESCRIPTION, FALLBACK_FUSION, load_scorer
 from secondpass.pipeline.protocols import Scorer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,7 +22,9 @@ def test_missing_model_offline_falls_back_with_one_line() -> None:
     lines: list[str] = []
     scorer, description = load_scorer(MISSING, allow_fallback=True, device="cpu", notify=lines.append)
     assert isinstance(scorer, BiEncoderScorer) and isinstance(scorer, Scorer)
-    assert description == FALLBACK_DESCRIPTION == "bi-encoder all-MiniLM-L6-v2 (fallback)"
+    assert description == FALLBACK_DESCRIPTION
+    assert description == "bi-encoder all-MiniLM-L6-v2 fused with first-stage rank (fallback)"
+    assert scorer.first_stage_fusion == FALLBACK_FUSION  # the retriever fuses its order with the first stage's
     assert len(lines) == 1 and "\n" not in lines[0]
     assert MISSING in lines[0] and "not available" in lines[0] and "fallback" in lines[0]
     assert scorer.fingerprint.startswith("bi-encoder:")

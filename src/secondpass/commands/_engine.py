@@ -22,7 +22,9 @@ from urllib.parse import urlsplit
 ENGINES = ("opensearch", "elasticsearch")
 TEXT_FIELDS = ("title", "text")
 DEFAULT_MODEL_HELP = (
-    "cross-encoder: a Hugging Face id or a local directory (default: BAAI/bge-reranker-v2-m3)"
+    "cross-encoder: a Hugging Face id or a local directory (default: BAAI/bge-reranker-v2-m3), "
+    "or a rerank API such as cohere:rerank-v3.5 or tei:http://host:8080 "
+    "(docs/remote-rerankers.md; keys from the environment)"
 )
 REACH_TIMEOUT_S = 5.0
 
@@ -47,9 +49,18 @@ def add_engine_command(
     return parser
 
 
-def add_dataset_argument(parser: argparse.ArgumentParser, what: str) -> None:
-    """The ``DATASET_DIR`` positional (a BEIR folder); ``what`` says which of its files are read."""
-    parser.add_argument("dataset", type=Path, metavar="DATASET_DIR", help=f"BEIR folder: {what}")
+def add_dataset_argument(
+    parser: argparse.ArgumentParser, what: str, *, optional: bool = False
+) -> None:
+    """The ``DATASET_DIR`` positional (a BEIR folder); ``what`` says which of its files are read.
+
+    ``optional`` lets a command that has a mode without a dataset (``eval --clicks``)
+    check its presence itself.
+    """
+    parser.add_argument(
+        "dataset", type=Path, metavar="DATASET_DIR", nargs="?" if optional else None,
+        default=None, help=f"BEIR folder: {what}",
+    )  # fmt: skip
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, what: str) -> None:

@@ -17,7 +17,9 @@ from secondpass.commands._engine import note, say
 _SUMMARY = "nDCG@10 / MRR@10 / Recall@100 and latency of pipelines on a BEIR test set"
 _DESCRIPTION = (
     "Evaluate retrieval pipelines on DATASET_DIR (BEIR layout). Pipelines: bm25, dense, "
-    "hybrid, bm25+rerank, hybrid+rerank. Writes report.json, <pipeline>.trec and metrics.png."
+    "hybrid, bm25+rerank, hybrid+rerank. Writes report.json, <pipeline>.trec and metrics.png. "
+    "With --clicks FILE --rank-log LOGFILE instead: MRR of clicked documents per rollout arm, "
+    "from logs alone (no dataset, no engine; docs/rollout-report.md)."
 )
 
 
@@ -26,7 +28,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = _engine.add_engine_command(
         subparsers, "eval", run, _SUMMARY, _DESCRIPTION, local_default=True
     )
-    _engine.add_dataset_argument(parser, "corpus.jsonl, queries.jsonl and qrels/<split>.tsv")
+    _engine.add_dataset_argument(
+        parser,
+        "corpus.jsonl, queries.jsonl and qrels/<split>.tsv (not with --clicks)",
+        optional=True,
+    )
     parser.add_argument(
         "--pipeline",
         action="append",
@@ -68,12 +74,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _engine.add_model_arguments(parser, what="the reranker and the encoder")
     parser.add_argument(
-        "--out", type=Path, required=True, help="directory for the report, run files and plot"
-    )
+        "--out", type=Path, default=None,
+        help="directory for the report, run files and plot (required with DATASET_DIR)",
+    )  # fmt: skip
+    from secondpass.commands._click_eval import add_click_arguments
+
+    add_click_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Index if needed, evaluate, write the outputs and print a table."""
+    from secondpass.commands._click_eval import check_mode, run_clicks
+
+    if check_mode(args) == "clicks":
+        return run_clicks(args)
     _engine.quiet_client_logs()
     from secondpass.datasets import load_beir
     from secondpass.errors import ConfigurationError

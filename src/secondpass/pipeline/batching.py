@@ -91,17 +91,7 @@ class PairTokenizer:
     @classmethod
     def from_pretrained_tokenizer(cls, tokenizer: Any, *, max_length: int) -> PairTokenizer:
         """Wrap a loaded Hugging Face fast tokenizer; raises ``ModelLoadError`` for a slow one."""
-        import copy
-
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        if backend is None:
-            msg = "the model's tokenizer has no fast (Rust) backend, which SecondPass needs"
-            raise ModelLoadError(msg)
-        # A private copy: the Hugging Face wrapper sets truncation and padding on
-        # its backend per call, and we want neither.
-        backend = copy.deepcopy(backend)
-        backend.no_truncation()
-        backend.no_padding()
+        backend = private_backend(tokenizer)
         pad_id = tokenizer.pad_token_id
         if pad_id is None:
             msg = "the model's tokenizer has no padding token"
@@ -180,26 +170,50 @@ class PairTokenizer:
         return EncodedPair(ids, types)
 
     def truncate(self, text: str, max_tokens: int) -> str:
-        """Longest prefix of ``text`` holding at most ``max_tokens`` tokens (a :class:`TokenTruncator`).
+        """Longest prefix of ``text`` holding at most ``max_tokens`` tokens (a :class:`TokenTruncator`)."""
+        return truncate_text(self._backend, self._lock, text, max_tokens)
 
-        Only a growing head of the text is tokenized, cut at whitespace so no
-        word is split, so cutting a 100,000-character field to 64 tokens stays cheap.
-        """
-        if max_tokens <= 0:
-            return ""
-        span = max_tokens * 8 + 64
-        while True:
-            head = text
-            if span < len(text):
-                cut = text.rfind(" ", 0, span)
-                head = text[: cut if cut > 0 else span]
-            with self._lock:
-                offsets = self._backend.encode(head, add_special_tokens=False).offsets
-            if len(offsets) > max_tokens:
-                return text[: offsets[max_tokens - 1][1]]
-            if len(head) >= len(text):
-                return text
-            span *= 2
+
+def private_backend(tokenizer: Any) -> Any:
+    """A private copy of a fast tokenizer's Rust backend, without truncation or padding.
+
+    The Hugging Face wrapper sets truncation and padding on its backend per
+    call, and we want neither. Raises ``ModelLoadError`` for a slow tokenizer.
+    """
+    import copy
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        msg = "the model's tokenizer has no fast (Rust) backend, which SecondPass needs"
+        raise ModelLoadError(msg)
+    backend = copy.deepcopy(backend)
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
+
+
+def truncate_text(backend: Any, lock: threading.Lock, text: str, max_tokens: int) -> str:
+    """Longest prefix of ``text`` holding at most ``max_tokens`` tokens of ``backend``.
+
+    Only a growing head of the text is tokenized, cut at whitespace so no
+    word is split, so cutting a 100,000-character field to 64 tokens stays cheap.
+    ``lock`` guards the (not thread-safe) backend.
+    """
+    if max_tokens <= 0:
+        return ""
+    span = max_tokens * 8 + 64
+    while True:
+        head = text
+        if span < len(text):
+            cut = text.rfind(" ", 0, span)
+            head = text[: cut if cut > 0 else span]
+        with lock:
+            offsets = backend.encode(head, add_special_tokens=False).offsets
+        if len(offsets) > max_tokens:
+            return str(text[: offsets[max_tokens - 1][1]])
+        if len(head) >= len(text):
+            return text
+        span *= 2
 
 
 def collate_pairs(

@@ -26,6 +26,7 @@ from secondpass.errors import (
     ModelLoadError,
     RerankError,
 )
+from secondpass.pipeline.fusion import FirstStageFusion
 from secondpass.pipeline.protocols import Scorer
 from secondpass.types import EMPTY_PASSAGE_RAW_SCORE, PassageScore
 
@@ -202,7 +203,11 @@ class BiEncoderScorer(Scorer):
 
     ``raw`` is the cosine similarity in [-1, 1]; ``normalized`` maps it to [0, 1]
     as ``(cos + 1) / 2``. It is a fallback, not a cross-encoder: the fingerprint
-    starts with ``bi-encoder:`` and :attr:`kind` is ``"bi-encoder"``.
+    starts with ``bi-encoder:`` and :attr:`kind` is ``"bi-encoder"``. With
+    ``first_stage_fusion`` a :class:`~secondpass.pipeline.retriever.Retriever`
+    ranks its hits by RRF of this scorer's order and the first stage's (the
+    offline fallback does, so a weak reranker cannot undo a good first stage);
+    the per-pair scores are the same either way.
 
     Example:
         >>> scorer = BiEncoderScorer()
@@ -213,8 +218,14 @@ class BiEncoderScorer(Scorer):
 
     kind = "bi-encoder"
 
-    def __init__(self, encoder: SentenceTransformerEncoder | None = None) -> None:
+    def __init__(
+        self,
+        encoder: SentenceTransformerEncoder | None = None,
+        *,
+        first_stage_fusion: FirstStageFusion | None = None,
+    ) -> None:
         self.encoder = SentenceTransformerEncoder() if encoder is None else encoder
+        self.first_stage_fusion = first_stage_fusion
 
     @property
     def name(self) -> str:

@@ -150,3 +150,69 @@ def linear_fusion(
         for hit, normalised in zip(hits, _min_max(hits), strict=True):
             fused[hit.key] = fused.get(hit.key, 0.0) + weight * normalised
     return _rank_fused(fused, first_seen, best_rank)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class FirstStageFusion:
+    """Rank reranked hits by RRF of the first-stage order and the scorer's order.
+
+    Why: a weak reranker can make a good first stage worse. The offline fallback
+    (a bi-encoder) moved SciFact's first relevant abstract down in half the
+    queries it touched; fused with the first stage's order by
+    :func:`reciprocal_rank_fusion`, its signal is added to the first stage's
+    instead of replacing it. A scorer asks for this by carrying a
+    ``first_stage_fusion`` attribute; the
+    :class:`~secondpass.pipeline.retriever.Retriever` honours it after scoring,
+    so per-pair scores (and their cache entries) do not change.
+
+    ``first_stage_weight`` and ``scorer_weight`` weigh the two lists; ``k`` is the
+    RRF constant. Ties keep the first-stage order.
+
+    Example:
+        >>> hits = [Hit("i", "a", 9.0, 1), Hit("i", "b", 8.0, 2), Hit("i", "c", 7.0, 3)]
+        >>> fused = FirstStageFusion(k=1).fuse(hits, [0.1, 0.9, 0.5])
+        >>> [round(value, 3) for value in fused]
+        [0.75, 0.833, 0.583]
+    """
+
+    k: int = RRF_K
+    first_stage_weight: float = 1.0
+    scorer_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.k < 0:
+            msg = f"RRF constant k must be >= 0, got {self.k}"
+            raise ConfigurationError(msg)
+        _check_weights([(), ()], (self.first_stage_weight, self.scorer_weight))
+        if self.first_stage_weight + self.scorer_weight <= 0:
+            msg = "first_stage_weight and scorer_weight cannot both be 0"
+            raise ConfigurationError(msg)
+
+    def fuse(self, hits: Sequence[Hit], values: Sequence[float]) -> list[float]:
+        """The fused value of each hit, in input order.
+
+        ``hits`` are distinct documents in first-stage order (their position, not
+        their ``rank`` field, is the first-stage rank); ``values`` are the
+        scorer's ranking values for them, higher is better.
+        """
+        if len(hits) != len(values):
+            msg = f"fuse got {len(hits)} hits but {len(values)} values"
+            raise ConfigurationError(msg)
+        first = [dataclasses.replace(hit, rank=n) for n, hit in enumerate(hits, start=1)]
+        by_scorer = sorted(range(len(hits)), key=lambda i: (-values[i], i))
+        second = [dataclasses.replace(hits[i], rank=n) for n, i in enumerate(by_scorer, start=1)]
+        fused = reciprocal_rank_fusion(
+            [first, second], k=self.k, weights=(self.first_stage_weight, self.scorer_weight)
+        )
+        value_of = {hit.key: float(hit.score or 0.0) for hit in fused}
+        return [value_of[hit.key] for hit in hits]
+
+
+def first_stage_fusion(scorer: object) -> FirstStageFusion | None:
+    """The :class:`FirstStageFusion` a scorer asks for, or ``None`` (rank by its scores alone).
+
+    Read from an optional ``first_stage_fusion`` attribute rather than a
+    protocol member, so every existing scorer keeps satisfying ``Scorer``.
+    """
+    fusion = getattr(scorer, "first_stage_fusion", None)
+    return fusion if isinstance(fusion, FirstStageFusion) else None

@@ -43,7 +43,18 @@ logger = logging.getLogger(__name__)
 Quantize = Literal["int8"] | None
 
 OPSET = 17  # LayerNormalization is a single op from 17 on
-EXPORT_FORMAT = 1  # bump when the export recipe changes, so old caches are not reused
+# bump when the export recipe changes, so old caches are not reused
+# (2: tensors of large models kept in a ``.data`` sidecar; format 1 left them behind)
+EXPORT_FORMAT = 2
+EXTERNAL_DATA_THRESHOLD = 1 << 30
+"""Weight bytes from which an export keeps its tensors in a ``<graph>.data`` sidecar file.
+
+A protobuf message cannot exceed 2 GiB, so an ONNX graph holding the weights of
+bge-reranker-v2-m3 (2.3 GB in fp32) cannot be written as one file. From 1 GiB of
+weights on, every file of an export (traced, fused, int8) is a small graph plus
+one external-data file beside it, which ONNX Runtime and OpenVINO both read.
+"""
+_DATA_SUFFIX = ".data"  # the sidecar of ``model.onnx`` is ``model.onnx.data``
 _FP32_FILE = "model.onnx"
 _INT8_FILE = "model.int8.onnx"
 _PORTABLE_FILE = "model.portable.onnx"  # traced, standard operators only (for OpenVINO)
@@ -145,8 +156,38 @@ def _eager_attention(network: Any) -> Iterator[None]:
             network.set_attn_implementation(before)
 
 
-def _export_fp32(network: Any, target: Path, *, input_names: list[str]) -> None:
-    """Trace ``network`` to ONNX with dynamic batch and sequence axes."""
+def weights_bytes(network: Any) -> int:
+    """Bytes of every parameter and buffer: what decides an external-data export."""
+    return sum(
+        t.numel() * t.element_size() for t in [*network.parameters(), *network.buffers()]
+    )
+
+
+def _with_sidecar(path: Path) -> list[Path]:
+    """``path``'s external-data file (when there is one) first, then ``path`` itself.
+
+    The data goes first wherever files are moved, so a reader that finds the graph
+    in the cache also finds its tensors.
+    """
+    sidecar = path.with_name(path.name + _DATA_SUFFIX)
+    return [sidecar, path] if sidecar.is_file() else [path]
+
+
+def _copy_export(source: Path, target: Path) -> None:
+    """Copy a cached graph and its sidecar (same file names, so the graph's references hold)."""
+    for item in _with_sidecar(source):
+        shutil.copy2(item, target.parent / item.name)
+
+
+def _export_fp32(
+    network: Any, target: Path, *, input_names: list[str], external: bool = False
+) -> None:
+    """Trace ``network`` to ONNX with dynamic batch and sequence axes.
+
+    With ``external``, the tensors end up in one ``<target>.data`` file. The
+    tracer itself writes a graph over 2 GiB as one file per tensor (hundreds of
+    them), so the trace goes to a scratch directory and is re-saved from there.
+    """
     import torch
 
     class _Logits(torch.nn.Module):
@@ -162,6 +203,8 @@ def _export_fp32(network: Any, target: Path, *, input_names: list[str]) -> None:
     dummy = tuple(torch.ones((2, 16), dtype=torch.long) for _ in input_names)
     axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
     axes["logits"] = {0: "batch"}
+    scratch = Path(tempfile.mkdtemp(prefix=".trace-", dir=target.parent)) if external else None
+    traced = target if scratch is None else scratch / target.name
     with _eager_attention(network), warnings.catch_warnings(), torch.no_grad():
         # The tracer warns about Python branches on shapes; the probe check after export
         # is what proves the graph right for other shapes.
@@ -169,7 +212,7 @@ def _export_fp32(network: Any, target: Path, *, input_names: list[str]) -> None:
         torch.onnx.export(
             _Logits(network).eval(),
             dummy,
-            str(target),
+            str(traced),
             input_names=input_names,
             output_names=["logits"],
             dynamic_axes=axes,
@@ -177,9 +220,27 @@ def _export_fp32(network: Any, target: Path, *, input_names: list[str]) -> None:
             do_constant_folding=True,
             dynamo=False,
         )
+    if scratch is not None:
+        try:
+            _save_external(traced, target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _fuse(source: Path, target: Path, config: Any) -> bool:
+def _save_external(source: Path, target: Path) -> None:
+    """Re-save ``source`` (and whatever external files it reads) as ``target`` + one sidecar."""
+    onnx = _import_onnx()
+    onnx.save_model(
+        onnx.load(str(source)),
+        str(target),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=target.name + _DATA_SUFFIX,
+        size_threshold=1024,
+    )
+
+
+def _fuse(source: Path, target: Path, config: Any, *, external: bool = False) -> bool:
     """Offline transformer fusions (attention, skip-layer-norm, bias-GELU); False if not applicable."""
     model_type = str(getattr(config, "model_type", ""))
     heads = getattr(config, "num_attention_heads", None)
@@ -192,14 +253,14 @@ def _fuse(source: Path, target: Path, config: Any) -> bool:
         fused = optimizer.optimize_model(
             str(source), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=1
         )
-        fused.save_model_to_file(str(target))
+        fused.save_model_to_file(str(target), use_external_data_format=external)
     except Exception as exc:  # the unfused graph is correct, only slower
         logger.warning("ONNX transformer fusion skipped (%s: %s)", type(exc).__name__, exc)
         return False
     return True
 
 
-def _quantize_int8(source: Path, target: Path) -> None:
+def _quantize_int8(source: Path, target: Path, *, external: bool = False) -> None:
     """Dynamic int8: weights quantized per output channel, activations per batch at run time."""
     onnx = _import_onnx()
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -212,6 +273,7 @@ def _quantize_int8(source: Path, target: Path) -> None:
             str(target),
             weight_type=QuantType.QInt8,
             per_channel=True,  # per-tensor weights cost ~0.05 Spearman on MiniLM-sized rerankers
+            use_external_data_format=external,
             # fused ops have no inferred types
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
@@ -232,6 +294,7 @@ def ensure_export(
     quantize: Quantize = None,
     input_names: list[str],
     portable: bool = False,
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
 ) -> Path:
     """Path of the ONNX file for ``network`` (and ``quantize``), exporting it first if absent.
 
@@ -239,7 +302,9 @@ def ensure_export(
     only, no ONNX Runtime contrib fusions), which other runtimes such as
     OpenVINO read. An export is built in a temporary directory beside its
     final place and renamed into it, so a crashed or concurrent export never
-    leaves a half written model where a later process would load it.
+    leaves a half written model where a later process would load it. A model
+    with at least ``external_data_threshold`` bytes of weights is exported with
+    its tensors in a ``<file>.data`` sidecar (see :data:`EXTERNAL_DATA_THRESHOLD`).
     """
     key = export_key(network, identity=identity)
     key["inputs"] = ",".join(input_names)
@@ -256,15 +321,23 @@ def ensure_export(
     started = time.perf_counter()
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
     try:
-        _build_in(staging, directory, network, wanted=wanted.name, input_names=input_names)
+        external = weights_bytes(network) >= external_data_threshold
+        _build_in(
+            staging,
+            directory,
+            network,
+            wanted=wanted.name,
+            input_names=input_names,
+            external=external,
+        )
         (staging / _META_FILE).write_text(
             json.dumps(key, indent=2, sort_keys=True), encoding="utf-8"
         )
         directory.mkdir(parents=True, exist_ok=True)
         for name in (wanted.name, _FP32_FILE, _META_FILE):
-            item = staging / name
-            if item.is_file() and not (directory / name).exists():
-                os.replace(item, directory / name)
+            if (staging / name).is_file() and not (directory / name).exists():
+                for item in _with_sidecar(staging / name):
+                    os.replace(item, directory / item.name)
     except MissingDependencyError:
         raise
     except Exception as exc:
@@ -277,7 +350,13 @@ def ensure_export(
 
 
 def _build_in(
-    staging: Path, directory: Path, network: Any, *, wanted: str, input_names: list[str]
+    staging: Path,
+    directory: Path,
+    network: Any,
+    *,
+    wanted: str,
+    input_names: list[str],
+    external: bool,
 ) -> None:
     """Write ``wanted`` (and the fused fp32 graph it derives from) into ``staging``.
 
@@ -291,9 +370,9 @@ def _build_in(
     def trace() -> Path:
         if not traced.is_file():
             if (directory / _PORTABLE_FILE).is_file():
-                shutil.copy2(directory / _PORTABLE_FILE, traced)
+                _copy_export(directory / _PORTABLE_FILE, traced)
             else:
-                _export_fp32(network, traced, input_names=input_names)
+                _export_fp32(network, traced, input_names=input_names, external=external)
         return traced
 
     if wanted == _PORTABLE_FILE:
@@ -301,11 +380,19 @@ def _build_in(
         return
     fused = staging / _FP32_FILE
     if (directory / _FP32_FILE).is_file():
-        shutil.copy2(directory / _FP32_FILE, fused)
-    elif not _fuse(trace(), fused, getattr(network, "config", None)):
-        shutil.copy2(traced, fused)  # a family the fuser does not know runs unfused
+        _copy_export(directory / _FP32_FILE, fused)
+    elif not _fuse(trace(), fused, getattr(network, "config", None), external=external):
+        _save_copy(traced, fused, external=external)  # a family the fuser does not know runs unfused
     if wanted == _INT8_FILE:
-        _quantize_int8(fused, staging / _INT8_FILE)
+        _quantize_int8(fused, staging / _INT8_FILE, external=external)
+
+
+def _save_copy(source: Path, target: Path, *, external: bool) -> None:
+    """``source`` under another name; a sidecar is re-written, its name is inside the graph."""
+    if external:
+        _save_external(source, target)
+    else:
+        shutil.copy2(source, target)
 
 
 @dataclass(slots=True)
@@ -344,6 +431,7 @@ class ExportSource:
     identity: str
     cache_folder: str | None
     input_names: tuple[str, ...]
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
 
     def export(self, *, quantize: Quantize = None, portable: bool = False) -> Path:
         """The cached export's path, made first if absent (see :func:`ensure_export`)."""
@@ -354,6 +442,7 @@ class ExportSource:
             quantize=quantize,
             input_names=list(self.input_names),
             portable=portable,
+            external_data_threshold=self.external_data_threshold,
         )
 
     def check(

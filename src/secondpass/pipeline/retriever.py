@@ -14,7 +14,11 @@ Guarantees a caller can rely on:
   first-stage rank, then index, then id. Hits the model did not score (past the
   window, or past what the latency budget allowed) follow in first-stage order.
   Because that order is a pure function of the first-stage list and the scores,
-  pages cut from it with ``offset``/``k`` concatenate to the one big page.
+  pages cut from it with ``offset``/``k`` concatenate to the one big page. A
+  scorer with a ``first_stage_fusion`` (the offline bi-encoder fallback) is
+  ranked by RRF of its order and the first-stage order instead (see
+  :class:`~secondpass.pipeline.fusion.FirstStageFusion`); ``score`` is then
+  the fused value.
 * **Degraded answers are never silent.** If scoring fails or overruns the
   deadline, the first-stage order comes back with ``status`` ``"failed"`` (or
   ``"skipped"`` when there was no time left to try) and a ``reason``, within
@@ -60,8 +64,10 @@ from secondpass.errors import (
 from secondpass.pipeline.breaker import CircuitBreaker
 from secondpass.pipeline.engine import EngineResult, ScoringEngine
 from secondpass.pipeline.first_stage import AnyConnector, FirstStage, LexicalStage
+from secondpass.pipeline.fusion import first_stage_fusion
 from secondpass.pipeline.passages import TemplateLike, check_template, render_passage
 from secondpass.pipeline.protocols import ScoreCache, Scorer
+from secondpass.pipeline.truncation import Truncation
 from secondpass.types import Hit, PassageScore, RankedHit, RerankStatus, SearchResult
 
 logger = logging.getLogger(__name__)
@@ -93,6 +99,8 @@ class _Call:
     offset: int
     started: float  # time.perf_counter() when the call began
     deadline_at: float | None  # time.perf_counter() by which the answer is due
+    # an LLM reranker's per-call instruction, as the engine takes it (None: the default)
+    truncation: Truncation | None = None
 
     def engine_deadline(self) -> float | None:
         """The deadline on the engine's clock (absolute ``time.monotonic()`` seconds)."""
@@ -237,9 +245,15 @@ class Retriever:
         filters: Sequence[Mapping[str, Any]] | None = None,
         body: Mapping[str, Any] | None = None,
         deadline_ms: float | None = None,
+        instruction: str | None = None,
     ) -> SearchResult:
-        """Fetch the first stage and return hits ``offset .. offset + k`` of the reranked order."""
-        call = self._call(query, k, offset, deadline_ms)
+        """Fetch the first stage and return hits ``offset .. offset + k`` of the reranked order.
+
+        ``instruction`` is an LLM reranker's task instruction for this call
+        (``None``: the model's default); a model that takes none refuses it
+        with :class:`~secondpass.errors.ConfigurationError`.
+        """
+        call = self._call(query, k, offset, deadline_ms, instruction)
         hits = self._fetch(call, max(self.window, offset + k), tuple(filters or ()), body)
         first_stage_ms = (time.perf_counter() - call.started) * 1000
         return _with_first_stage(self._rerank(call, hits), first_stage_ms, call.started)
@@ -253,9 +267,10 @@ class Retriever:
         filters: Sequence[Mapping[str, Any]] | None = None,
         body: Mapping[str, Any] | None = None,
         deadline_ms: float | None = None,
+        instruction: str | None = None,
     ) -> SearchResult:
         """The asyncio variant of :meth:`search`; the event loop never waits on the model."""
-        call = self._call(query, k, offset, deadline_ms)
+        call = self._call(query, k, offset, deadline_ms, instruction)
         hits = await self._afetch(call, max(self.window, offset + k), tuple(filters or ()), body)
         first_stage_ms = (time.perf_counter() - call.started) * 1000
         return _with_first_stage(await self._arerank(call, hits), first_stage_ms, call.started)
@@ -268,14 +283,16 @@ class Retriever:
         k: int | None = None,
         offset: int = 0,
         deadline_ms: float | None = None,
+        instruction: str | None = None,
     ) -> SearchResult:
         """Rerank hits someone else fetched (e.g. the drop-in proxy) and return a page.
 
         ``hits`` are in first-stage order; the first ``window`` distinct ones are
         reranked and the rest follow in their given order. ``k=None`` returns
         everything from ``offset`` on. ``deadline_ms`` counts from this call.
+        ``instruction`` is as in :meth:`search`.
         """
-        return self._rerank(self._call(query, k, offset, deadline_ms), hits)
+        return self._rerank(self._call(query, k, offset, deadline_ms, instruction), hits)
 
     async def arerank_hits(
         self,
@@ -285,9 +302,10 @@ class Retriever:
         k: int | None = None,
         offset: int = 0,
         deadline_ms: float | None = None,
+        instruction: str | None = None,
     ) -> SearchResult:
         """The asyncio variant of :meth:`rerank_hits`; cancelling it drops its queued passages."""
-        return await self._arerank(self._call(query, k, offset, deadline_ms), hits)
+        return await self._arerank(self._call(query, k, offset, deadline_ms, instruction), hits)
 
     def close(self) -> None:
         """Stop the engine this retriever built (a shared one is left running). Idempotent."""
@@ -302,7 +320,14 @@ class Retriever:
 
     # ------------------------------------------------------------- the request path
 
-    def _call(self, query: str, k: int | None, offset: int, deadline_ms: float | None) -> _Call:
+    def _call(
+        self,
+        query: str,
+        k: int | None,
+        offset: int,
+        deadline_ms: float | None,
+        instruction: str | None = None,
+    ) -> _Call:
         """Check the page arguments and start the call's clock."""
         started = time.perf_counter()
         _check_page(k, offset)
@@ -311,7 +336,15 @@ class Retriever:
             msg = f"deadline_ms must be > 0, got {deadline_ms}"
             raise ConfigurationError(msg)
         deadline_at = None if deadline_ms is None else started + deadline_ms / 1000
-        return _Call(query=query, k=k, offset=offset, started=started, deadline_at=deadline_at)
+        truncation = None if instruction is None else Truncation(instruction=instruction)
+        return _Call(
+            query=query,
+            k=k,
+            offset=offset,
+            started=started,
+            deadline_at=deadline_at,
+            truncation=truncation,
+        )
 
     def _fetch(
         self, call: _Call, want: int, filters: tuple[Mapping[str, Any], ...], body: Mapping[str, Any] | None
@@ -354,8 +387,12 @@ class Retriever:
         if early is not None:
             return early
         try:
-            scored = self.engine.score_sync(call.query, plan.items, deadline=call.engine_deadline())
+            scored = self.engine.score_sync(
+                call.query, plan.items, deadline=call.engine_deadline(), truncation=call.truncation
+            )
         except Exception as exc:  # noqa: BLE001 - any scoring fault degrades, never crashes search
+            if call.truncation is not None and isinstance(exc, ConfigurationError):
+                raise  # the caller's instruction is wrong: an answer, not a degraded ranking
             return self._unscored(call, plan, exc)
         return self._finish(call, plan, scored)
 
@@ -365,8 +402,12 @@ class Retriever:
         if early is not None:
             return early
         try:
-            scored = await self.engine.score(call.query, plan.items, deadline=call.engine_deadline())
+            scored = await self.engine.score(
+                call.query, plan.items, deadline=call.engine_deadline(), truncation=call.truncation
+            )
         except Exception as exc:  # noqa: BLE001 - any scoring fault degrades, never crashes search
+            if call.truncation is not None and isinstance(exc, ConfigurationError):
+                raise  # the caller's instruction is wrong: an answer, not a degraded ranking
             return self._unscored(call, plan, exc)
         return self._finish(call, plan, scored)
 
@@ -426,13 +467,20 @@ class Retriever:
             if not (math.isfinite(score.raw) and math.isfinite(score.normalized)):
                 msg = f"scorer returned a non-finite score ({score.raw!r}, {score.normalized!r})"
                 return self._unscored(call, plan, RerankError(msg))
+        values = [self._value(ps) for ps in scores]
+        fusion = first_stage_fusion(self.scorer)
+        # A scorer that asks for it ranks by RRF with the first-stage order (the offline
+        # fallback does); min_score still reads the scorer's own value, on the rank_by scale.
+        ranking = values if fusion is None or not values else fusion.fuse(plan.to_score, values)
         ranked = sorted(
-            ((hit, self._value(ps), ps) for hit, ps in zip(plan.to_score, scores, strict=True)),
+            zip(plan.to_score, ranking, scores, values, strict=True),
             key=lambda item: (-item[1], item[0].rank, item[0].index, item[0].id),
         )
         if self.min_score is not None:
-            ranked = [item for item in ranked if item[1] >= self.min_score]
-        order: list[tuple[Hit, float | None, PassageScore | None]] = [*ranked]
+            ranked = [item for item in ranked if item[3] >= self.min_score]
+        order: list[tuple[Hit, float | None, PassageScore | None]] = [
+            (hit, value, ps) for hit, value, ps, _ in ranked
+        ]
         order.extend((hit, None, None) for hit in plan.unscored)
         status: RerankStatus = "ok"
         reason = None

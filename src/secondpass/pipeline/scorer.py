@@ -25,7 +25,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from secondpass.pipeline.batching import (
     collate_pairs,
     padded_length,
 )
+from secondpass.pipeline.llm_prompt import LLM_DEFAULT_WINDOW, PromptTokenizer
 from secondpass.pipeline.passages import PassageTemplate, TokenTruncator, is_blank, plan_windows
 from secondpass.pipeline.protocols import Scorer
 from secondpass.pipeline.truncation import NO_TRUNCATION, Truncation
@@ -139,12 +140,14 @@ class _Loaded:
 
     model: Any  # sentence_transformers.CrossEncoder
     network: Any  # the transformers model inside it, where forward hooks go
-    tokenizer: PairTokenizer
+    # PromptTokenizer for LLM (causal-LM) rerankers: prompt, left padding, last-token score
+    tokenizer: PairTokenizer | PromptTokenizer
     device: Any
     dtype: Any
     max_length: int
     # backend="onnx"/"openvino": the LogitsModel that runs the forward pass instead
     runtime: Any = None
+    causal: bool = False  # an LLM reranker: score = logit(yes) - logit(no) at the last token
 
 
 class _LazyTruncator:
@@ -317,7 +320,8 @@ class CrossEncoderScorer(Scorer):
 
         Computed without loading the model: a cache hit must not cost a load.
         For a local directory the fingerprint includes the size and change time
-        of its config and weight files, so rebuilding a model there changes it.
+        of its config, weight and chat-template (an LLM reranker's prompt) files,
+        so rebuilding a model there changes it.
         """
         if self._fingerprint is None:
             settings = self.settings
@@ -335,12 +339,15 @@ class CrossEncoderScorer(Scorer):
                 ]
             if self.backend != "torch":
                 parts += [f"backend={self.backend}", f"quantize={settings.quantize or '-'}"]
+            if settings.instruction is not None:  # LLM rerankers: the default instruction
+                digest_of = hashlib.sha256(settings.instruction.encode()).hexdigest()[:32]
+                parts.append(f"instruction={digest_of}")
             local = Path(settings.model).expanduser()
             if local.is_dir():
                 digest = hashlib.sha256()
                 for path in sorted(local.iterdir()):
                     if path.is_file() and (
-                        path.suffix in {".json", ".safetensors", *_PICKLE_SUFFIXES}
+                        path.suffix in {".json", ".jinja", ".safetensors", *_PICKLE_SUFFIXES}
                     ):
                         stat = path.stat()
                         digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
@@ -411,23 +418,19 @@ class CrossEncoderScorer(Scorer):
         if live:
             loaded = self._ensure_loaded()
             started = time.perf_counter()
-            tokenizer = loaded.tokenizer
-            queries = list(dict.fromkeys(pairs[index][0] for index in live))
-            query_ids = dict(zip(queries, tokenizer.encode(queries), strict=True))
-            passage_ids = tokenizer.encode([pairs[index][1] for index in live])
+            cuts = [truncations[index] if truncations else NO_TRUNCATION for index in live]
+            inputs = self._pair_inputs(loaded, [pairs[index] for index in live], cuts)
             units: list[EncodedPair] = []
             # (index, first unit, count, truncated, tokens_in)
             owners: list[tuple[int, int, int, bool, int]] = []
             unit_tokens: list[int] = []
             settings = self.settings
-            for index, ids in zip(live, passage_ids, strict=True):
-                q_ids = query_ids[pairs[index][0]]
-                fit = truncations[index] if truncations else NO_TRUNCATION
+            for index, fit, (q_ids, ids, budget, build) in zip(live, cuts, inputs, strict=True):
                 kept = ids if fit.max_tokens is None else fit.cut(ids, fit.max_tokens)
                 plan = plan_windows(
                     len(q_ids),
                     len(kept),
-                    tokenizer.pair_budget,
+                    budget,
                     policy="chunk" if fit.max_chunks is not None else settings.long_document,
                     max_chunks=fit.max_chunks or settings.max_chunks,
                     overlap=settings.chunk_overlap,
@@ -438,7 +441,7 @@ class CrossEncoderScorer(Scorer):
                 cut = plan.truncated or len(kept) < len(ids)
                 owners.append((index, len(units), len(windows), cut, len(ids)))
                 for start, end in windows:
-                    units.append(tokenizer.build(q_ids[: plan.query_keep], kept[start:end]))
+                    units.append(build(q_ids[: plan.query_keep], kept[start:end]))
                     unit_tokens.append(end - start)
             tokenize_ms = (time.perf_counter() - started) * 1000.0
             raw, collate_ms, model_ms = self._run_units(units, loaded)
@@ -457,16 +460,58 @@ class CrossEncoderScorer(Scorer):
                 )
         return [result for result in results if result is not None]
 
+    def _pair_inputs(
+        self, loaded: _Loaded, pairs: Sequence[tuple[str, str]], cuts: Sequence[Truncation]
+    ) -> list[tuple[list[int], list[int], int, Callable[[list[int], list[int]], EncodedPair]]]:
+        """(query ids, passage ids, query+passage budget, build) per pair, in order.
+
+        A cross-encoder tokenizes each distinct query and each passage once and
+        glues them into its special-token layout; an LLM reranker tokenizes each
+        whole prompt (its instruction included), see
+        :mod:`secondpass.pipeline.llm_prompt`.
+        """
+        tokenizer = loaded.tokenizer
+        for cut in cuts:
+            self._check_instruction(loaded, cut.instruction)
+        if isinstance(tokenizer, PromptTokenizer):
+            prompts = tokenizer.encode_pairs(
+                [(q, p, cut.instruction) for (q, p), cut in zip(pairs, cuts, strict=True)]
+            )
+            return [(pp.query_ids, pp.passage_ids, pp.budget, pp.build) for pp in prompts]
+        queries = list(dict.fromkeys(query for query, _ in pairs))
+        query_ids = dict(zip(queries, tokenizer.encode(queries), strict=True))
+        passage_ids = tokenizer.encode([passage for _, passage in pairs])
+        return [
+            (query_ids[query], ids, tokenizer.pair_budget, tokenizer.build)
+            for (query, _), ids in zip(pairs, passage_ids, strict=True)
+        ]
+
+    def _check_instruction(self, loaded: _Loaded, instruction: str | None) -> None:
+        """Refuse an instruction for a model that takes none (a 4xx for a service caller)."""
+        if instruction is None:
+            return
+        if isinstance(loaded.tokenizer, PromptTokenizer):
+            loaded.tokenizer.check_instruction(instruction, self.settings.model)
+            return
+        msg = (
+            f"instruction: {self.settings.model!r} is a sequence-classification cross-encoder, "
+            "which takes no instruction; only LLM rerankers (e.g. Qwen3-Reranker) do"
+        )
+        raise ConfigurationError(msg)
+
     def effective_truncation(self, truncation: Truncation) -> Truncation:
         """``truncation`` without what cannot change a score here (loads the model).
 
         Haystack sends ``max_tokens_per_doc=4096`` on every request: more than
         any window (or all of its chunks) holds, so it is dropped and those
         requests share the default cache entries. A ``max_chunks`` equal to the
-        configured chunk policy is dropped too.
+        configured chunk policy is dropped too. An ``instruction`` is kept (it
+        changes every score); one the model has no place for is refused here,
+        before the cache or the queue is touched.
         """
         if truncation.is_default:
             return truncation
+        self._check_instruction(self._ensure_loaded(), truncation.instruction)
         settings = self.settings
         chunked = truncation.max_chunks is not None or settings.long_document == "chunk"
         max_chunks = truncation.max_chunks
@@ -478,7 +523,12 @@ class CrossEncoderScorer(Scorer):
             # No window plan reads past windows * budget passage tokens.
             if max_tokens >= windows * self._ensure_loaded().tokenizer.pair_budget:
                 max_tokens = None
-        return Truncation(max_tokens=max_tokens, side=truncation.side, max_chunks=max_chunks)
+        return Truncation(
+            max_tokens=max_tokens,
+            side=truncation.side,
+            max_chunks=max_chunks,
+            instruction=truncation.instruction,
+        )
 
     def _run_units(
         self, units: Sequence[EncodedPair], loaded: _Loaded
@@ -508,6 +558,8 @@ class CrossEncoderScorer(Scorer):
                 for name, tensor in features.items()
             }
             moved["modality"] = "text"
+            if loaded.causal:  # only the last position's logits: not (batch x width x vocabulary)
+                moved["logits_to_keep"] = 1
             with torch.inference_mode():
                 logits = loaded.model(moved)["scores"]
             return [float(value) for value in logits.float().reshape(-1).cpu().tolist()]
@@ -674,18 +726,37 @@ class CrossEncoderScorer(Scorer):
         if network is None:
             msg = f"{reference!r} has no transformers model inside; SecondPass needs a sequence-classification cross-encoder"
             raise ModelLoadError(msg)
-        if (
-            getattr(model[0], "transformer_task", "sequence-classification")
-            != "sequence-classification"
-        ):
-            msg = f"{reference!r} is not a sequence-classification cross-encoder (LLM rerankers are not supported)"
+        task = getattr(model[0], "transformer_task", "sequence-classification")
+        causal = task == "text-generation"  # sentence-transformers' LLM reranker (LogitScore)
+        if task != "sequence-classification" and not causal:
+            msg = (
+                f"{reference!r} is a {task!r} model; SecondPass reranks with sequence-classification "
+                "cross-encoders and causal-LM (LLM) rerankers"
+            )
             raise ModelLoadError(msg)
         if model.num_labels != 1:
             msg = f"{reference!r} has {model.num_labels} output labels; a reranker needs exactly one relevance logit"
             raise ModelLoadError(msg)
-        max_length = self._window(model, network)
-        tokenizer = PairTokenizer.from_pretrained_tokenizer(model.tokenizer, max_length=max_length)
-        runtime, runs = self._load_auto_runtime(network, tokenizer, reference)
+        max_length = self._window(model, network, causal=causal)
+        tokenizer: PairTokenizer | PromptTokenizer
+        runtime, runs = None, None
+        if causal:
+            self._llm_backend(reference)
+            prompt = PromptTokenizer.from_cross_encoder(
+                model, max_length=max_length, default_instruction=settings.instruction
+            )
+            prompt.check_instruction(settings.instruction, reference)
+            logger.info("%s is an LLM reranker; prompt: %s", reference, prompt.prompt.name)
+            tokenizer = prompt
+        else:
+            if settings.instruction is not None:
+                logger.info(
+                    "instruction setting ignored: %s is a sequence-classification cross-encoder",
+                    reference,
+                )
+            pair = PairTokenizer.from_pretrained_tokenizer(model.tokenizer, max_length=max_length)
+            runtime, runs = self._load_auto_runtime(network, pair, reference)
+            tokenizer = pair
         logger.info(
             "loaded cross-encoder %s on %s (%s, window %d tokens) in %.1f s",
             reference,
@@ -702,7 +773,29 @@ class CrossEncoderScorer(Scorer):
             dtype=dtype,
             max_length=max_length,
             runtime=runtime,
+            causal=causal,
         )
+
+    def _llm_backend(self, reference: str) -> None:
+        """LLM rerankers run on torch: ``auto`` switches to it, an explicit CPU runtime is refused.
+
+        Our ONNX/OpenVINO export traces a model that outputs one relevance
+        logit; a causal LM outputs a vocabulary-wide logit row per position
+        (and wants a KV-cache-shaped export), so it is not exported here.
+        """
+        if self.backend == "torch":
+            return
+        if self.settings.backend == "auto":
+            logger.info("backend=auto: %s is an LLM reranker, running it on torch", reference)
+            self._backend = "torch"
+            self._fingerprint = None
+            return
+        msg = (
+            f"{reference!r} is an LLM (causal-LM) reranker, which runs on backend='torch' only; "
+            f"backend={self.backend!r} runs sequence-classification cross-encoders "
+            "(use backend='torch' or 'auto')"
+        )
+        raise ConfigurationError(msg)
 
     def _load_auto_runtime(
         self, network: Any, tokenizer: PairTokenizer, reference: str
@@ -762,16 +855,20 @@ class CrossEncoderScorer(Scorer):
         onnx_model = load_onnx_cross_encoder(source, quantize=settings.quantize, threads=threads)
         return onnx_model, f"onnx {settings.quantize or 'fp32'}"
 
-    def _window(self, model: Any, network: Any) -> int:
+    def _window(self, model: Any, network: Any, *, causal: bool = False) -> int:
         """The real window: min of the setting, the tokenizer's max and the position table.
 
         A model whose learned positions have a padding offset (RoBERTa, XLM-R:
         514 rows, positions start after the padding index) fits two fewer
         tokens than its table has rows; going past that trips a device assert.
+        An LLM reranker without a ``max_length`` setting gets
+        :data:`~secondpass.pipeline.llm_prompt.LLM_DEFAULT_WINDOW` at most.
         """
         limits: list[int] = []
         if self.settings.max_length is not None:
             limits.append(self.settings.max_length)
+        elif causal:
+            limits.append(LLM_DEFAULT_WINDOW)
         tokenizer_max = getattr(model.tokenizer, "model_max_length", None)
         if isinstance(tokenizer_max, int) and 0 < tokenizer_max < 1_000_000:
             limits.append(tokenizer_max)

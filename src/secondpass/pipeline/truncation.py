@@ -8,7 +8,9 @@ the end of the text). A :class:`Truncation` carries those choices from the HTTP
 layer to the one place that tokenizes, the scorer, through the
 :class:`~secondpass.pipeline.engine.ScoringEngine`, whose cache keys include
 :meth:`Truncation.key`: a score of a 4-token prefix is never served for a
-request that asked for the whole document.
+request that asked for the whole document. It also carries the optional
+per-request ``instruction`` of an LLM reranker (Qwen3-Reranker's
+``<Instruct>``), which changes every score and is therefore in the key too.
 
 Example:
     >>> Truncation().is_default, Truncation().key()
@@ -21,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeVar, runtime_checkable
@@ -28,7 +31,10 @@ from typing import Literal, Protocol, TypeVar, runtime_checkable
 from secondpass.errors import ConfigurationError
 from secondpass.types import PassageScore
 
-__all__ = ["NO_TRUNCATION", "Truncation", "TruncatingScorer"]
+__all__ = ["MAX_INSTRUCTION_CHARS", "NO_TRUNCATION", "Truncation", "TruncatingScorer"]
+
+MAX_INSTRUCTION_CHARS = 1000
+"""Longest per-request instruction accepted (characters); LLM rerankers put it in every prompt."""
 
 T = TypeVar("T")
 
@@ -43,17 +49,30 @@ class Truncation:
     by ``max_tokens`` or by the window: ``"right"`` keeps the start (the
     default everywhere), ``"left"`` keeps the end. ``max_chunks`` asks for the
     long-document ``chunk`` policy with at most that many windows, whatever the
-    scorer's own policy; ``None`` keeps the scorer's policy.
+    scorer's own policy; ``None`` keeps the scorer's policy. ``instruction``
+    is the task description an LLM reranker puts in its prompt (``None``: the
+    model's default); a scorer whose model takes none refuses it.
     """
 
     max_tokens: int | None = None
     side: Literal["right", "left"] = "right"
     max_chunks: int | None = None
+    instruction: str | None = None
 
     def __post_init__(self) -> None:
         if self.side not in ("right", "left"):
             msg = f"truncation side must be 'right' or 'left', got {self.side!r}"
             raise ConfigurationError(msg)
+        if self.instruction is not None:
+            if not isinstance(self.instruction, str) or not self.instruction.strip():
+                msg = "instruction must be a non-blank string or None"
+                raise ConfigurationError(msg)
+            if len(self.instruction) > MAX_INSTRUCTION_CHARS:
+                msg = (
+                    f"instruction is {len(self.instruction)} characters long; "
+                    f"at most {MAX_INSTRUCTION_CHARS} are accepted"
+                )
+                raise ConfigurationError(msg)
         for name in ("max_tokens", "max_chunks"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or value < 1):
@@ -73,10 +92,12 @@ class Truncation:
         """
         if self.is_default:
             return ""
+        if self == Truncation(instruction=self.instruction):  # an instruction alone
+            return _instruction_key(self.instruction)
         return (
             f"|truncation=max_tokens:{self.max_tokens or '-'},side:{self.side},"
             f"max_chunks:{self.max_chunks or '-'}"
-        )
+        ) + _instruction_key(self.instruction)
 
     def cut(self, ids: Sequence[T], limit: int) -> list[T]:
         """The ``limit`` tokens of ``ids`` this side keeps (all of them when they fit)."""
@@ -87,6 +108,13 @@ class Truncation:
 
 NO_TRUNCATION = Truncation()
 """The scorer's own settings, unchanged."""
+
+
+def _instruction_key(instruction: str | None) -> str:
+    """The cache-key part naming an instruction: a hash, so keys stay short and unambiguous."""
+    if instruction is None:
+        return ""
+    return f"|instruction={hashlib.sha256(instruction.encode()).hexdigest()[:32]}"
 
 
 @runtime_checkable

@@ -25,10 +25,15 @@ def build_proxy(settings: ProxySettings) -> RerankProxy:
     before the port opens, so the first search is not the one that pays for it.
     """
     from secondpass.pipeline.cache import build_cache
+    from secondpass.pipeline.protocols import Scorer
+    from secondpass.pipeline.remote.references import remote_scorer_or_none
     from secondpass.pipeline.scorer import CrossEncoderScorer
 
-    scorer = CrossEncoderScorer(settings=settings.rerank)
-    scorer.warm_up()
+    scorer: Scorer | None = remote_scorer_or_none(settings.rerank.model)  # docs/remote-rerankers.md
+    if scorer is None:
+        local = CrossEncoderScorer(settings=settings.rerank)
+        local.warm_up()
+        scorer = local
     proxy = RerankProxy(settings, scorer=scorer, cache=build_cache(settings.cache))
     proxy.retriever.engine.calibrate()  # admission plans in seconds from the first search on
     return proxy

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import gc
 import inspect
@@ -53,7 +54,7 @@ from secondpass.pipeline.breaker import CircuitBreaker
 from secondpass.pipeline.cache import NullScoreCache, build_cache
 from secondpass.pipeline.engine import EngineResult, ScoringEngine
 from secondpass.pipeline.protocols import ScoreCache, Scorer
-from secondpass.pipeline.truncation import Truncation
+from secondpass.pipeline.truncation import NO_TRUNCATION, Truncation
 from secondpass.service.auth import ApiKeys
 from secondpass.service.errors import (
     ClientDeadlineExceededError,
@@ -370,9 +371,17 @@ class ServiceState:
 
 
 def build_scorer(settings: RerankSettings) -> Scorer:
-    """Load and warm the cross-encoder named by ``settings`` (blocking: run it in a thread)."""
+    """Load and warm the cross-encoder named by ``settings`` (blocking: run it in a thread).
+
+    A remote reference (``cohere:rerank-v3.5``, ``tei:http://host:8080``, see
+    docs/remote-rerankers.md) builds a rerank-API scorer instead.
+    """
+    from secondpass.pipeline.remote.references import remote_scorer_or_none
     from secondpass.pipeline.scorer import CrossEncoderScorer
 
+    remote = remote_scorer_or_none(settings.model)
+    if remote is not None:
+        return remote
     scorer = CrossEncoderScorer(settings=settings)
     scorer.warm_up()
     return scorer
@@ -610,7 +619,9 @@ def create_app(
             for i, doc in enumerate(body.documents)
         ]
         chunks = body.max_chunks_per_doc
-        truncation = None if chunks is None else Truncation(max_chunks=chunks)
+        truncation = _instructed(
+            None if chunks is None else Truncation(max_chunks=chunks), body.instruction
+        )
         scored, values, top = await _cohere_ranked(state, body.query, texts, body.top_n, truncation)
         results = []
         for i in top:
@@ -629,7 +640,9 @@ def create_app(
         limits.cohere(body)
         texts = [limits.text(f"documents[{i}]", d) for i, d in enumerate(body.documents)]
         max_tokens = body.max_tokens_per_doc
-        truncation = None if max_tokens is None else Truncation(max_tokens=max_tokens)
+        truncation = _instructed(
+            None if max_tokens is None else Truncation(max_tokens=max_tokens), body.instruction
+        )
         scored, values, top = await _cohere_ranked(state, body.query, texts, body.top_n, truncation)
         results = [
             CohereResult(
@@ -652,7 +665,7 @@ def create_app(
         limits.count("texts", len(body.texts))
         left = body.truncation_direction.lower() == "left"
         texts = [limits.text(f"texts[{i}]", t) for i, t in enumerate(body.texts)]
-        truncation = Truncation(side="left") if left else None
+        truncation = _instructed(Truncation(side="left") if left else None, body.instruction)
         scores = (await state.rerank(body.query, texts, truncation=truncation)).scores
         truncate = settings.auto_truncate if body.truncate is None else body.truncate
         if not truncate:
@@ -714,6 +727,7 @@ def create_app(
                 filters=body.filters or None,
                 body=body.body,
                 deadline_ms=body.deadline_ms,
+                instruction=body.instruction,
             )
         except SearchDeadlineError as exc:
             if body.deadline_ms is None:
@@ -912,6 +926,14 @@ def _constrain(node: dict[str, Any] | None, kind: str, **limits: int) -> None:
     for branch in node.get("anyOf", ()):
         if branch.get("type") == kind:
             branch.update(limits)
+
+
+def _instructed(truncation: Truncation | None, instruction: str | None) -> Truncation | None:
+    """``truncation`` with the request's LLM-reranker instruction added (None: nothing asked)."""
+    if instruction is None:
+        return truncation
+    base = NO_TRUNCATION if truncation is None else truncation
+    return dataclasses.replace(base, instruction=instruction)
 
 
 def _compose(doc: str | dict[str, Any], i: int, rank_fields: list[str] | None) -> str:

@@ -26,6 +26,19 @@ def _count(limit: int, description: str) -> Any:
     return Field(default=None, ge=1, le=limit, strict=True, description=description)
 
 
+def _instruction() -> Any:
+    """An LLM reranker's per-request task instruction: optional, bounded (422 naming the field)."""
+    from secondpass.pipeline.truncation import MAX_INSTRUCTION_CHARS
+
+    return Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_INSTRUCTION_CHARS,
+        description="LLM rerankers (e.g. Qwen3-Reranker): the task instruction for this request; "
+        "null: the model's default. A model that takes no instruction answers 422",
+    )
+
+
 def clean_text(text: str) -> str:
     """Replace lone UTF-16 surrogates (legal in JSON, fatal to tokenizers and encoders) with U+FFFD."""
     try:
@@ -70,6 +83,7 @@ class _CohereRequest(_Request):
     model: str | None = Field(
         default=None, description="accepted for compatibility; this service serves one model"
     )
+    instruction: str | None = _instruction()
 
 
 class CohereRerankRequest(_CohereRequest):
@@ -181,6 +195,7 @@ class TeiRerankRequest(_Request):
     )
     raw_scores: bool = Field(default=False, description="return logits instead of sigmoid scores")
     return_text: bool = Field(default=False, description="echo each text in its result")
+    instruction: str | None = _instruction()
 
 
 class TeiRank(BaseModel):
@@ -237,6 +252,7 @@ class SearchRequestBody(_Request):
     deadline_ms: float | None = Field(
         default=None, gt=0, description="answer within this many ms; reranking degrades to fit"
     )
+    instruction: str | None = _instruction()
 
 
 class SearchHitOut(BaseModel):
