@@ -101,3 +101,82 @@ def build_minilm_cross_encoder(path: str | Path, *, seed: int = 0) -> Path:
     model.save_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(out))
     return out
+
+
+_XLMR_CORPUS = [
+    "what do cats eat? Cats eat meat and fish, and sleep in the sun.",
+    "Paris is the capital of France. The capital of China is Beijing.",
+    "tree house by the river, green city road, music night",
+    "scientific claims that support or refute a medical abstract",
+    "a small mammal that purrs; dogs bark at the mail carrier",
+]
+
+
+def build_tiny_xlmr_cross_encoder(path: str | Path, *, seed: int = 0, hidden_size: int = 32) -> Path:
+    """Write a tiny seeded ``XLMRobertaForSequenceClassification`` (bge-reranker-v2-m3's class).
+
+    The real model's SentencePiece tokenizer cannot be downloaded here, so the
+    tokenizer is a small Unigram model trained on a few sentences, with
+    XLM-RoBERTa's special tokens and pair template (``<s> A </s></s> B </s>``)
+    and no token types, saved as a fast tokenizer: what sentence-transformers
+    and SecondPass see is the same shape of input the default model gets.
+    """
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        XLMRobertaConfig,
+        XLMRobertaForSequenceClassification,
+    )
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    backend = Tokenizer(models.Unigram())
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    trainer = trainers.UnigramTrainer(
+        vocab_size=300, special_tokens=specials, unk_token="<unk>", show_progress=False
+    )
+    backend.train_from_iterator(_XLMR_CORPUS * 4, trainer=trainer)
+    backend.post_processor = processors.RobertaProcessing(
+        ("</s>", backend.token_to_id("</s>")), ("<s>", backend.token_to_id("<s>"))
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        model_max_length=512,
+        model_input_names=["input_ids", "attention_mask"],
+    )
+    config = XLMRobertaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=hidden_size * 2,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        num_labels=1,
+        initializer_range=0.2,
+    )
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = XLMRobertaForSequenceClassification(config)
+        model.eval()
+        with torch.no_grad():
+            model.classifier.out_proj.weight.normal_(0.0, 0.6)
+            model.classifier.out_proj.bias.zero_()
+    finally:
+        torch.random.set_rng_state(generator_state)
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out
