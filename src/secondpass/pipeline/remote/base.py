@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from secondpass.connectors._retry import RetryPolicy, unavailable
 from secondpass.errors import (
@@ -124,7 +124,17 @@ class RemoteScorer(Scorer):
             msg = f"base_url must be an http(s) URL, got {_public(base_url)!r}"
             raise ConfigurationError(msg)
         self.model = model
-        self.base_url = base_url.rstrip("/")
+        # URL credentials travel as a Basic auth header, never in the URL: httpx logs
+        # every request's URL (INFO "HTTP Request: POST http://user:pw@host/..."), and a
+        # handler the operator adds (or caplog) sees the record unredacted.
+        self._url_auth = (
+            (unquote(parts.username or ""), unquote(parts.password or ""))
+            if parts.username is not None or parts.password is not None
+            else None
+        )
+        if self._url_auth is not None and self._url_auth[1]:
+            register_secret(self._url_auth[1])
+        self.base_url = _public(base_url) if self._url_auth is not None else base_url.rstrip("/")
         self.max_documents = (
             self.max_documents_documented
             if resolved.max_documents is None
@@ -290,6 +300,7 @@ class RemoteScorer(Scorer):
                     headers=self._headers(),
                     limit=self.max_response_bytes,
                     connections=self.max_concurrency,
+                    auth=self._url_auth,
                 )
             return self._client
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from secondpass.errors import MissingDependencyError
+from secondpass.errors import MissingDependencyError, RemoteRerankError
 from secondpass.pipeline.remote._http import bounded_client, status_error
 from secondpass.pipeline.remote.base import RemoteScorer, indexed_scores
 
@@ -44,6 +44,7 @@ class CohereScorer(RemoteScorer):
                     headers={},
                     limit=self.max_response_bytes,
                     connections=self.max_concurrency,
+                    auth=self._url_auth,
                 )
                 self._client = cohere.ClientV2(
                     api_key=self._api_key or "",
@@ -76,5 +77,22 @@ class CohereScorer(RemoteScorer):
             )
         except ApiError as exc:
             raise status_error(exc.status_code or 0, exc.body, what=what) from None
-        items = [{"index": r.index, "relevance_score": r.relevance_score} for r in answer.results]
+        except RemoteRerankError:
+            raise
+        except (TypeError, ValueError, AttributeError, KeyError, RecursionError) as exc:
+            # The SDK parses leniently and fails with whatever Python raises on an
+            # answer of the wrong shape ({"results": null}, a list, arrays nested too deep).
+            msg = f"{what}: the answer does not fit the protocol ({type(exc).__name__})"
+            raise RemoteRerankError(msg) from None
+        results = getattr(answer, "results", None)
+        if not isinstance(results, list):
+            msg = f"{what}: the answer carries no results list"
+            raise RemoteRerankError(msg)
+        items = [
+            {
+                "index": getattr(r, "index", None),
+                "relevance_score": getattr(r, "relevance_score", None),
+            }
+            for r in results
+        ]
         return indexed_scores(items, len(documents), score_key="relevance_score", what=what)

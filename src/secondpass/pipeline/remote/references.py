@@ -69,7 +69,7 @@ KEY_VARIABLES = {
 }
 """The providers' own key variables, read after ``SECONDPASS_REMOTE_API_KEY``."""
 
-_REFERENCE = re.compile(r"^(?P<provider>[a-z][a-z-]*):(?P<rest>.+)$", re.DOTALL)
+_REFERENCE = re.compile(r"^(?P<provider>[a-z][a-z-]*):(?P<rest>.*)$", re.DOTALL)
 _EXPLICIT = re.compile(r"^(?P<model>.+?)@(?P<url>https?://.+)$", re.DOTALL)
 
 
@@ -109,8 +109,12 @@ class RemoteReference:
 
 def _check_url(url: str, reference: str) -> str:
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        msg = f"remote model reference {_shown(reference)!r}: {url!r} is not an http(s) URL"
+    try:
+        port_ok = parts.port is None or 0 < parts.port
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        msg = f"remote model reference {_shown(reference)!r}: {_shown(url)!r} is not an http(s) URL"
         raise ConfigurationError(msg)
     if parts.query or parts.fragment:
         msg = f"remote model reference {_shown(reference)!r}: the URL may not carry ?query or #fragment"
@@ -133,7 +137,23 @@ def parse_remote_reference(reference: str) -> RemoteReference | None:
     match = _REFERENCE.match(reference.strip())
     if match is None or match["provider"] not in PROVIDERS:
         return None
-    provider, rest = match["provider"], match["rest"].strip()
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in reference.strip()):
+        # A newline in a model name would forge log lines and break the fingerprint.
+        msg = f"remote model reference {_shown(reference)!r} contains a control character"
+        raise ConfigurationError(msg)
+    if not match["rest"].strip():  # "tei:" must not fall through to a local model named "tei:"
+        msg = f"remote model reference {_shown(reference)!r} names no model or URL"
+        raise ConfigurationError(msg)
+    try:
+        return _parse(match["provider"], match["rest"].strip(), reference)
+    except ConfigurationError:  # a ValueError too: keep its own message
+        raise
+    except ValueError:  # urlsplit's own complaints (a bad [IPv6] host): not ConfigurationError
+        msg = f"remote model reference {_shown(reference)!r}: the URL cannot be parsed"
+        raise ConfigurationError(msg) from None
+
+
+def _parse(provider: str, rest: str, reference: str) -> RemoteReference:
     explicit = _EXPLICIT.match(rest)
     if explicit is not None:
         return RemoteReference(provider, explicit["model"], _check_url(explicit["url"], reference))
