@@ -28,7 +28,7 @@ from secondpass.errors import (
 from secondpass.pipeline.batcher import BatchingOptions
 from secondpass.pipeline.breaker import CircuitBreaker
 from secondpass.pipeline.cache import LRUScoreCache, RedisScoreCache, cache_keys
-from secondpass.pipeline.engine import BLANK_SCORE, ScoringEngine, request_arrived
+from secondpass.pipeline.engine import BLANK_SCORE, ScoringEngine, background_work, request_arrived
 from secondpass.pipeline.protocols import Scorer
 from secondpass.types import EMPTY_PASSAGE_RAW_SCORE, PassageScore
 
@@ -328,6 +328,37 @@ def test_breaker_opens_and_half_opens_on_an_injected_clock(engines) -> None:
     scorer.fail = False
     assert engine.score_sync("q", [("", "", "a")]).scored == 1
     assert breaker.state == "closed"
+
+
+def test_background_work_never_moves_the_breaker(engines) -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(failure_threshold=2, reset_after_s=5.0, clock=lambda: now[0])
+    scorer = FakeScorer()
+    engine = engines(scorer=scorer, breaker=breaker)
+    scorer.fail = True
+    for text in ("a", "b", "c"):  # shadow failures, past the threshold: the breaker stays closed
+        with background_work(), pytest.raises(RerankError):
+            engine.score_sync("q", [("", "", text)])
+    assert breaker.state == "closed"
+    scorer.fail = False
+    assert engine.score_sync("q", [("", "", "d")]).scored == 1  # live traffic still scored
+    scorer.fail = True
+    for text in ("e", "f"):  # live failures open it
+        with pytest.raises(RerankError):
+            engine.score_sync("q", [("", "", text)])
+    now[0] += 5.0
+    assert breaker.state == "half_open"
+    batches = len(scorer.batches)
+    with background_work(), pytest.raises(CircuitOpenError):  # background never takes the probe
+        engine.score_sync("q", [("", "", "g")])
+    assert len(scorer.batches) == batches and breaker.state == "half_open"
+    scorer.fail = False
+    with background_work(), pytest.raises(CircuitOpenError):
+        engine.score_sync("q", [("", "", "h")])
+    assert engine.score_sync("q", [("", "", "i")]).scored == 1  # the live probe closes it
+    assert breaker.state == "closed"
+    with background_work():
+        assert engine.score_sync("q", [("", "", "j")]).scored == 1
 
 
 def test_a_failed_probe_opens_the_breaker_again(engines) -> None:

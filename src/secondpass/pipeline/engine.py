@@ -82,7 +82,7 @@ from secondpass.types import EMPTY_PASSAGE_RAW_SCORE, PassageScore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BLANK_SCORE", "EngineResult", "ScoringEngine", "request_arrived"]
+__all__ = ["BLANK_SCORE", "EngineResult", "ScoringEngine", "background_work", "request_arrived"]
 
 BLANK_SCORE = PassageScore(raw=EMPTY_PASSAGE_RAW_SCORE, normalized=0.0, chunks=0)
 """The score of a blank passage: ranks last, normalised 0.0, no chunk was scored."""
@@ -120,6 +120,30 @@ def request_arrived(at: float) -> Iterator[None]:
         yield
     finally:
         _arrived.reset(token)
+
+
+_background: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "secondpass_background_work", default=False
+)
+
+
+@contextlib.contextmanager
+def background_work() -> Iterator[None]:
+    """Score the requests of this context as background work (shadow reranks).
+
+    Why: the circuit breaker guards live traffic. Background work that misses
+    its deadline or fails while live traffic is fine must not open it (live
+    reranking would then be skipped for ``breaker_reset_s``), nor may its
+    successes close it or take the half-open probe. Background work is
+    refused (``CircuitOpenError``) while the breaker is not closed, and its
+    outcomes are never counted. It is admitted, batched, cached and cancelled
+    like any other work.
+    """
+    token = _background.set(True)
+    try:
+        yield
+    finally:
+        _background.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,10 +524,17 @@ class ScoringEngine:
             raise ConfigurationError(msg)
         loop = self._ensure_loop()
         arrived = _arrived.get()  # read here, in the caller's context, not on the engine's loop
+        background = _background.get()
         if deadline is None and self.timeout_s is not None:
             deadline = (time.monotonic() if arrived is None else arrived) + self.timeout_s
         coro = self._score(
-            query, tuple(items), deadline, client_deadline, truncation, arrived=arrived
+            query,
+            tuple(items),
+            deadline,
+            client_deadline,
+            truncation,
+            arrived=arrived,
+            background=background,
         )
         parent = tracing.current_context()  # the caller's span, carried to the engine's loop
         if parent is not None:
@@ -521,12 +552,13 @@ class ScoringEngine:
         truncation: Truncation,
         *,
         arrived: float | None = None,
+        background: bool = False,
     ) -> EngineResult:
         """Runs on the engine's loop: breaker, cache lookup, batcher, write-back."""
         live = [i for i, (_, _, text) in enumerate(items) if not is_blank(text)]
         if not live:
             return _all_blank(len(items))
-        self._check_breaker()
+        self._check_breaker(background=background)
         if not truncation.is_default:
             assert isinstance(self.scorer, TruncatingScorer)  # checked in _submit
             # In a thread: it may need the model's window, which may mean loading it.
@@ -558,7 +590,13 @@ class ScoringEngine:
 
             submitted_ns = tracing.now_ns() if request.batches is not None else 0
             scores = await self._await_batch(
-                pairs, deadline, client_deadline, request, write_back, arrived=arrived
+                pairs,
+                deadline,
+                client_deadline,
+                request,
+                write_back,
+                arrived=arrived,
+                background=background,
             )
             scoring_s = time.perf_counter() - started
             if request.batches:
@@ -567,7 +605,7 @@ class ScoringEngine:
             started = time.perf_counter()
             await write_back(fresh)
             cache_s += time.perf_counter() - started
-        if self.breaker is not None:
+        if self.breaker is not None and not background:
             self.breaker.record_success()
         scores_out: list[PassageScore] = []
         cached: list[bool] = []
@@ -606,6 +644,7 @@ class ScoringEngine:
         write_back: Callable[[Mapping[str, PassageScore]], Any],
         *,
         arrived: float | None = None,
+        background: bool = False,
     ) -> list[PassageScore]:
         """The batcher's answer for ``pairs``, or a typed error.
 
@@ -630,15 +669,15 @@ class ScoringEngine:
             # that passes while the model idles (too short to start) is not its fault.
             model_busy = self._scorer.busy > 0
             if self._abandon(request, write_back) or model_busy:
-                self._record_failure()
+                self._record_failure(background=background)
             raise
         except (OverloadedError, ScoringUnavailableError):
             raise  # admission or shutdown, not the model's fault
         except RerankError:
-            self._record_failure()
+            self._record_failure(background=background)
             raise
         except Exception as exc:
-            self._record_failure()
+            self._record_failure(background=background)
             msg = f"scoring failed: {type(exc).__name__}: {exc}"
             raise RerankError(msg) from exc
 
@@ -667,9 +706,14 @@ class ScoringEngine:
 
     # ------------------------------------------------------------------ breaker and cache
 
-    def _check_breaker(self) -> None:
+    def _check_breaker(self, *, background: bool = False) -> None:
         breaker = self.breaker
-        if breaker is None or breaker.allow():
+        if breaker is None:
+            return
+        if background and breaker.state != "closed":
+            msg = "circuit not closed: background work waits until live scoring recovers"
+            raise CircuitOpenError(msg, retry_after_s=max(1, math.ceil(breaker.retry_after_s())))
+        if background or breaker.allow():
             return
         wait_s = breaker.retry_after_s()
         msg = (
@@ -678,10 +722,10 @@ class ScoringEngine:
         )
         raise CircuitOpenError(msg, retry_after_s=max(1, math.ceil(wait_s)))
 
-    def _record_failure(self) -> None:
+    def _record_failure(self, *, background: bool = False) -> None:
         """Count a model failure (or overrun) against the breaker; log once when it opens."""
         breaker = self.breaker
-        if breaker is None:
+        if breaker is None or background:
             return
         opened_before = breaker.opened_count
         breaker.record_failure()

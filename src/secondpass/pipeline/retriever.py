@@ -275,6 +275,39 @@ class Retriever:
         first_stage_ms = (time.perf_counter() - call.started) * 1000
         return _with_first_stage(await self._arerank(call, hits), first_stage_ms, call.started)
 
+    async def afirst_stage(
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        offset: int = 0,
+        filters: Sequence[Mapping[str, Any]] | None = None,
+        body: Mapping[str, Any] | None = None,
+        deadline_ms: float | None = None,
+        reason: str = "shadow",
+    ) -> tuple[list[Hit], SearchResult]:
+        """The first stage of :meth:`asearch` without scoring: (window hits, first-stage page).
+
+        For shadow mode (docs/rollout.md): the caller answers with the page
+        (status ``skipped`` with ``reason``; the same hits and order as a search
+        whose rerank was skipped) and reranks the hits later with
+        :meth:`arerank_hits`.
+        """
+        call = self._call(query, k, offset, deadline_ms, None)
+        hits = await self._afetch(call, max(self.window, offset + k), tuple(filters or ()), body)
+        first_stage_ms = (time.perf_counter() - call.started) * 1000
+        plan = self._plan(call, hits)
+        order = [(hit, None, None) for hit in (*plan.to_score, *plan.unscored)]
+        page = SearchResult(
+            hits=_page(order, call.k, call.offset),
+            status="skipped",
+            reason=reason,
+            timings_ms=_timings({}, call.started),
+            window=plan.window,
+            reranked=0,
+        )
+        return hits, _with_first_stage(page, first_stage_ms, call.started)
+
     def rerank_hits(
         self,
         query: str,

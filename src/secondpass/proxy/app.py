@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import TYPE_CHECKING
@@ -145,8 +146,12 @@ class RerankProxy:
         return self._upstream.client()
 
     async def aclose(self) -> None:
-        """Close the upstream connections. The retriever belongs to the caller."""
+        """Close the upstream connections and cancel shadow reranks. The retriever belongs to the caller."""
+        await self._searches.shadow.cancel()
         await self._upstream.aclose()
+        writer = self._searches.rank.writer
+        if writer is not None:
+            await asyncio.to_thread(writer.flush)
 
     def close(self) -> None:
         """Stop the scoring engine this proxy built from a ``scorer`` (idempotent).

@@ -23,12 +23,16 @@ from typing import Any
 import anyio
 import httpx
 
+from secondpass.observability.logs import current_request_id
 from secondpass.pipeline.batcher import BatchingOptions, BatchObserver
 from secondpass.pipeline.breaker import CircuitBreaker
 from secondpass.pipeline.engine import ScoringEngine
 from secondpass.pipeline.passages import render_passage
 from secondpass.pipeline.protocols import ScoreCache, Scorer
+from secondpass.pipeline.rank_metrics import RankRecorder
 from secondpass.pipeline.retriever import Retriever
+from secondpass.pipeline.rollout import Arm, choose_arm
+from secondpass.pipeline.shadow import ShadowQueue
 from secondpass.proxy import access, rules
 from secondpass.proxy.plumbing import (
     NDJSON_TYPES,
@@ -61,6 +65,7 @@ from secondpass.types import Hit, SearchResult
 logger = logging.getLogger(__name__)
 
 PASSAGE_FIELD = "passage"
+SHADOW_HEADER = "X-SecondPass-Shadow"
 
 
 def build_retriever(
@@ -138,6 +143,13 @@ class SearchReranker:
         self._metrics = upstream.metrics
         self._limits = limits
         self._lends = lends
+        # Rank-change figures of live and shadow reranks (docs/rollout.md).
+        self.rank = RankRecorder.from_settings(settings, registry=self._metrics.registry)
+        self.shadow = ShadowQueue(
+            max_pending=settings.shadow_queue,
+            workers=settings.shadow_workers,
+            on_drop=self.rank.dropped,
+        )
 
     async def search(self, incoming: Incoming, index: str | None, send: Send) -> None:
         """Answer ``/_search`` or ``/{index}/_search``, counting its rerank outcome."""
@@ -189,6 +201,14 @@ class SearchReranker:
         if isinstance(plan, rules.Skip):
             await self._pass(incoming, send, "skipped", plan.reason, body=raw_body)
             return
+        arm = self._arm(incoming, plan)
+        if arm == "pass":
+            await self._pass(incoming, send, "skipped", "outside the rerank share", body=raw_body)
+            return
+        if arm == "shadow":
+            self._shadow(incoming, plan, texts, index)
+            await self._pass(incoming, send, "skipped", "shadow", body=raw_body)
+            return
         sent = await self._send_widened(
             incoming,
             send,
@@ -223,7 +243,7 @@ class SearchReranker:
                 ),
             )
             return
-        outcome = await self._rerank(parsed, plan, texts)
+        outcome = await self._rerank(parsed, plan, texts, index=index)
         final = outcome.response
         if outcome.status == "ok" or outcome.status.startswith("partial"):
             final = rules.add_took(final, (time.perf_counter() - started) * 1000 - upstream_ms)
@@ -294,14 +314,16 @@ class SearchReranker:
         texts: rules.RequestTexts,
         *,
         deadline_ms: float | None = None,
+        index: str | None = None,
     ) -> Outcome:
         """Rerank one search response; any fault gives the engine-order page instead.
 
         ``deadline_ms`` overrides ``settings.deadline_ms`` (an ``_msearch`` item
-        gets what is left of its request's budget).
+        gets what is left of its request's budget). ``index`` (the request
+        path's) labels the rank-change record of a single ``_search``.
         """
         started = time.perf_counter()
-        outcome = await self._rerank_or_fall_back(response, plan, texts, deadline_ms)
+        outcome = await self._rerank_or_fall_back(response, plan, texts, deadline_ms, index)
         seconds = time.perf_counter() - started
         self._metrics.rerank_latency.observe(seconds)
         return dataclasses.replace(outcome, rerank_ms=seconds * 1000)
@@ -312,6 +334,7 @@ class SearchReranker:
         plan: rules.SearchPlan,
         texts: rules.RequestTexts,
         deadline_ms: float | None,
+        index: str | None = None,
     ) -> Outcome:
         try:
             hits = self._hits(response, plan, texts)
@@ -320,9 +343,15 @@ class SearchReranker:
                     rules.engine_order_response(response, plan),
                     rules.status_header("skipped", hits),
                 )
+            started = time.perf_counter()
             result = await self.retriever.arerank_hits(
                 plan.query_text, hits, k=None, offset=0, deadline_ms=deadline_ms
             )
+            self.rank.record_result(
+                arm="live", request_id=current_request_id() or "", index=index or "_all",
+                query=plan.query_text, hits=hits, result=result,
+                rerank_ms=(time.perf_counter() - started) * 1000,
+            )  # fmt: skip
             self._metrics.reranked(
                 hits=result.reranked, cache_hits=result.cache_hits, cache_misses=result.cache_misses
             )
@@ -333,6 +362,54 @@ class SearchReranker:
             return Outcome(
                 rules.engine_order_response(response, plan), rules.status_header("failed", reason)
             )
+
+    def _arm(self, incoming: Incoming, plan: rules.SearchPlan) -> Arm:
+        """Live, shadow or pass for one rerankable search (:func:`~secondpass.pipeline.rollout.choose_arm`)."""
+        s = self.settings
+        requested = incoming.header(SHADOW_HEADER.lower().encode())
+        if not s.shadow and s.rerank_share is None and requested is None:
+            return "live"  # the common case costs one header lookup
+        return choose_arm(
+            s,
+            share_key=incoming.header(s.rerank_share_key.lower().encode()),
+            query=plan.query_text,
+            shadow_requested=requested is not None and requested.strip().lower() in ("1", "true"),
+        )
+
+    def _shadow(
+        self, incoming: Incoming, plan: rules.SearchPlan, texts: rules.RequestTexts, index: str | None
+    ) -> None:
+        """Queue the shadow work of a search whose client gets the engine's own answer.
+
+        The client's request passes through untouched (its answer is the
+        engine's, byte for byte); the shadow work, in the background, asks the
+        engine for the rerank window with the client's own credentials, reranks
+        it and records the comparison. Enqueueing is all the client waits for:
+        when the shadow queue is full the work is dropped (and counted). The
+        request is written now, while the client's headers are at hand.
+        """
+        request = self._upstream.rewritten_request(
+            incoming, plan.query, b"application/json", dump(plan.body)
+        )
+        request_id = current_request_id() or ""
+        deadline_s = self.settings.read_timeout_s or self.settings.connect_timeout_s + 30.0
+
+        async def work() -> None:
+            with anyio.move_on_after(deadline_s):
+                response = await self._upstream.send_written(request)
+                parsed = json_object(response)
+                if response.status_code != 200 or parsed is None:
+                    logger.info("shadow search not compared: engine answered %s", response.status_code)
+                    return
+                hits = self._hits(parsed, plan, texts)
+                if isinstance(hits, str):
+                    return
+                await self.rank.shadow(
+                    lambda: self.retriever.arerank_hits(plan.query_text, hits, k=None, offset=0),
+                    request_id=request_id, index=index or "_all", query=plan.query_text, hits=hits,
+                )  # fmt: skip
+
+        self.shadow.submit(work)
 
     def _apply(
         self, response: dict[str, Any], plan: rules.SearchPlan, result: SearchResult

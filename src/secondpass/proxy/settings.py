@@ -39,6 +39,7 @@ from pydantic_settings import SettingsConfigDict
 from secondpass.config import CacheSettings, RerankSettings, ScoringEngineSettings
 from secondpass.errors import ConfigurationError
 from secondpass.pipeline.passages import check_template
+from secondpass.pipeline.rollout import RolloutSettings
 from secondpass.proxy.access import (
     DEFAULT_ALLOWED_REQUESTS,
     AccessGate,
@@ -76,7 +77,7 @@ class IndexTextSettings(BaseModel):
         return value
 
 
-class ProxySettings(FileBackedSettings, ScoringEngineSettings):
+class ProxySettings(FileBackedSettings, ScoringEngineSettings, RolloutSettings):
     """Everything ``secondpass proxy`` needs (env prefix ``SECONDPASS_PROXY_``)."""
 
     config_file_env: ClassVar[str] = CONFIG_FILE_ENV

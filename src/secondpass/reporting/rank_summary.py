@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from secondpass.errors import ConfigurationError, MissingDependencyError
+from secondpass.pipeline.rank_log import RankRecord
 from secondpass.reporting.jsonl import SkippedLines, read_objects
 
 try:
@@ -81,34 +82,23 @@ def _ids(value: Any, name: str) -> list[str]:
     return value
 
 
-def _text(obj: dict[str, Any], name: str) -> str:
-    value = obj.get(name)
-    if not isinstance(value, str):
-        msg = f"{name} is missing or not a string"
-        raise ValueError(msg)
-    return value
-
-
 def parse_entry(obj: dict[str, Any]) -> RankEntry:
-    """Validate one decoded rank-log line; ``ValueError`` names the first bad field."""
-    arm = obj.get("arm")
-    if arm not in ARMS:
-        msg = f"arm must be one of {', '.join(ARMS)}"
-        raise ValueError(msg)
-    outcome = obj.get("outcome")
-    if outcome not in OUTCOMES:
-        msg = f"outcome must be one of {', '.join(OUTCOMES)}"
-        raise ValueError(msg)
-    ts = _number(obj.get("ts"), "ts")
-    if ts is None:
-        msg = "ts is missing"
-        raise ValueError(msg)
-    reranked = obj.get("reranked")
-    scores = obj.get("scores")
-    metrics = obj.get("metrics") or {}
-    if not isinstance(metrics, dict):
-        msg = "metrics is not an object"
-        raise ValueError(msg)
+    """Validate one decoded rank-log line; ``ValueError`` names the first bad field.
+
+    The contract (fields present, arm, outcome, types) is checked by the
+    writer's own :meth:`RankRecord.from_dict`, so reader and writer cannot drift
+    apart; on top of it a report needs finite numbers, lists of ids and
+    well-typed metrics, which are checked here.
+    """
+    try:
+        record = RankRecord.from_dict(obj)
+    except ConfigurationError as exc:
+        raise ValueError(str(exc)) from exc
+    for name in ("first_stage", "reranked"):
+        if obj.get(name) is not None:
+            _ids(obj[name], name)
+    ts = _number(record.ts, "ts")
+    metrics = record.metrics
     top1 = metrics.get("top1_from")
     if top1 is not None and (isinstance(top1, bool) or not isinstance(top1, int) or top1 < 1):
         msg = "metrics.top1_from is not a 1-based position"
@@ -118,19 +108,19 @@ def parse_entry(obj: dict[str, Any]) -> RankEntry:
         msg = "metrics.top3_changed is not a boolean"
         raise ValueError(msg)
     return RankEntry(
-        ts=ts,
-        request_id=_text(obj, "request_id"),
-        arm=arm,
-        query_id=_text(obj, "query_id"),
-        first_stage=_ids(obj.get("first_stage"), "first_stage"),
-        reranked=None if reranked is None else _ids(reranked, "reranked"),
-        scores=None if scores is None else _scores(scores),
-        outcome=outcome,
+        ts=0.0 if ts is None else ts,
+        request_id=record.request_id,
+        arm=record.arm,
+        query_id=record.query_id,
+        first_stage=record.first_stage,
+        reranked=record.reranked,
+        scores=None if record.scores is None else _scores(record.scores),
+        outcome=record.outcome,
         kendall_tau=_number(metrics.get("kendall_tau"), "metrics.kendall_tau"),
         top10_overlap=_number(metrics.get("top10_overlap"), "metrics.top10_overlap"),
         top1_from=top1,
         top3_changed=changed,
-        rerank_ms=_number(obj.get("rerank_ms"), "rerank_ms"),
+        rerank_ms=_number(record.rerank_ms, "rerank_ms"),
     )
 
 

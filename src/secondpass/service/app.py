@@ -49,11 +49,15 @@ from secondpass.errors import (
     SecondPassError,
 )
 from secondpass.observability.asgi import RequestContextMiddleware
+from secondpass.observability.logs import current_request_id
 from secondpass.pipeline.batcher import BatchingOptions, DynamicBatcher
 from secondpass.pipeline.breaker import CircuitBreaker
 from secondpass.pipeline.cache import NullScoreCache, build_cache
 from secondpass.pipeline.engine import EngineResult, ScoringEngine
 from secondpass.pipeline.protocols import ScoreCache, Scorer
+from secondpass.pipeline.rank_metrics import RankRecorder
+from secondpass.pipeline.rollout import Arm, choose_arm
+from secondpass.pipeline.shadow import ShadowQueue
 from secondpass.pipeline.truncation import NO_TRUNCATION, Truncation
 from secondpass.service.auth import ApiKeys
 from secondpass.service.errors import (
@@ -139,6 +143,13 @@ class ServiceState:
         self._engine_status = "not checked yet"
         self._engine_check: asyncio.Task[str] | None = None
         self.api_keys = ApiKeys.from_sources(settings.api_keys, settings.api_key_file)
+        # Rank-change figures of live and shadow /v1/search (docs/rollout.md).
+        self.rank = RankRecorder.from_settings(settings, registry=self.metrics.registry)
+        self.shadow = ShadowQueue(
+            max_pending=settings.shadow_queue,
+            workers=settings.shadow_workers,
+            on_drop=self.rank.dropped,
+        )
         self._load_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------
@@ -210,6 +221,9 @@ class ServiceState:
                 await self._load_task
         if self._engine_check is not None:
             self._engine_check.cancel()
+        await self.shadow.cancel()
+        if self.rank.writer is not None:
+            await asyncio.to_thread(self.rank.writer.close)
         if self.engine is not None:
             await asyncio.to_thread(self.engine.close)
         if self._owns_retriever and self.connector is not None:
@@ -697,7 +711,7 @@ def create_app(
         },
         tags=["search"],
     )
-    async def search(body: SearchRequestBody) -> Any:
+    async def search(body: SearchRequestBody, request: Request) -> Any:
         """First stage on the configured index, then rerank; degraded answers say why."""
         if not settings.search_enabled:
             msg = "search is not configured: set SECONDPASS_SERVICE_SEARCH_INDEX (--search-index)"
@@ -719,7 +733,10 @@ def create_app(
                 msg = "hybrid: not configured on this service (set --search-vector-field)"
                 raise InvalidRequestError(msg, field="hybrid")
             retriever = state.hybrid_retriever
+        arm = _search_arm(settings, body, request)
         try:
+            if arm != "live":
+                return await _first_stage_answer(state, retriever, body, arm)
             result: SearchResult = await retriever.asearch(
                 body.query,
                 k=body.k,
@@ -742,6 +759,7 @@ def create_app(
         state.metrics.cache_misses.inc(result.cache_misses)
         for stage, ms in result.timings_ms.items():
             state.metrics.stage.labels(f"search_{stage}").observe(ms / 1000.0)
+        _record_live(state, body, result)
         return _search_response(result)
 
     @app.get("/livez", tags=["health"])
@@ -983,6 +1001,53 @@ def _cohere_response(
             cache_hits=scored.cache_hits,
         ),
     )
+
+
+def _search_arm(settings: ServiceSettings, body: SearchRequestBody, request: Request) -> Arm:
+    """Live, shadow or pass for one ``/v1/search`` (:func:`~secondpass.pipeline.rollout.choose_arm`)."""
+    if not settings.shadow and settings.rerank_share is None and not body.shadow:
+        return "live"
+    return choose_arm(
+        settings,
+        share_key=request.headers.get(settings.rerank_share_key),
+        query=body.query,
+        shadow_requested=body.shadow,
+    )
+
+
+async def _first_stage_answer(state: ServiceState, retriever: Any, body: SearchRequestBody, arm: Arm) -> Any:
+    """The first-stage page now; for ``shadow``, the rerank and its record in the background."""
+    reason = "shadow" if arm == "shadow" else "outside the rerank share"
+    hits, page = await retriever.afirst_stage(
+        body.query, k=body.k, offset=body.offset, filters=body.filters or None,
+        body=body.body, deadline_ms=body.deadline_ms, reason=reason,
+    )  # fmt: skip
+    if arm == "shadow" and hits:
+        request_id = current_request_id() or ""
+        index = state.settings.search_index or ""
+
+        state.shadow.submit(
+            lambda: state.rank.shadow(
+                lambda: retriever.arerank_hits(body.query, hits, k=None, instruction=body.instruction),
+                request_id=request_id, index=index, query=body.query, hits=hits,
+            )  # fmt: skip
+        )
+    return _search_response(page)
+
+
+def _record_live(state: ServiceState, body: SearchRequestBody, result: SearchResult) -> None:
+    """Rank-change record of a live search: its page, first-stage order against reranked order.
+
+    ``asearch`` returns only the page, so the service's live figures compare the
+    page's documents (the proxy's and the shadow arm's compare the whole window).
+    """
+    if result.status in ("failed", "skipped") or not result.hits:
+        return
+    first = [h.hit for h in sorted(result.hits, key=lambda h: h.hit.rank)]
+    state.rank.record_result(
+        arm="live", request_id=current_request_id() or "", index=state.settings.search_index or "",
+        query=body.query, hits=first, result=result, rerank_ms=result.timings_ms.get("rerank"),
+    )  # fmt: skip
 
 
 def _search_response(result: SearchResult) -> SearchResponse:

@@ -253,6 +253,11 @@ class SearchRequestBody(_Request):
         default=None, gt=0, description="answer within this many ms; reranking degrades to fit"
     )
     instruction: str | None = _instruction()
+    shadow: bool = Field(
+        default=False,
+        description="answer in first-stage order and rerank in the background, recording "
+        "the comparison (docs/rollout.md); rerank_status is then skipped, reason shadow",
+    )
 
 
 class SearchHitOut(BaseModel):

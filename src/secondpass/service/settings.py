@@ -31,12 +31,13 @@ from secondpass.config import (
     ScoringEngineSettings,
 )
 from secondpass.errors import ConfigurationError
+from secondpass.pipeline.rollout import RolloutSettings
 from secondpass.service.settings_files import FileBackedSettings
 
 CONFIG_FILE_ENV = "SECONDPASS_SERVICE_CONFIG_FILE"
 
 
-class ServiceSettings(FileBackedSettings, ScoringEngineSettings):
+class ServiceSettings(FileBackedSettings, ScoringEngineSettings, RolloutSettings):
     """Everything ``secondpass serve`` needs (env prefix ``SECONDPASS_SERVICE_``)."""
 
     config_file_env: ClassVar[str] = CONFIG_FILE_ENV
