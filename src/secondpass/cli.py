@@ -23,7 +23,7 @@ from secondpass.redaction import (
 )
 
 # module name under secondpass.commands -> each exposes register(subparsers)
-COMMANDS = ("demo", "index", "eval", "serve", "proxy", "report")
+COMMANDS = ("demo", "index", "eval", "serve", "proxy", "report", "tune")
 
 
 def build_parser() -> argparse.ArgumentParser:
